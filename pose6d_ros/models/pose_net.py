@@ -1,0 +1,323 @@
+"""The pose network Φ: crop + object index -> 2D keypoints (Sec. 3.1, 3.3), its model card and
+checkpoint I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from pose6d_ros._checks import check_same_batch, check_shape
+from pose6d_ros.models.backbones import build_backbone
+from pose6d_ros.models.conditioning import (
+    ConditionalInstanceNorm,
+    NoConditioning,
+    OneHotConditioning,
+)
+
+CHECKPOINT_FORMAT = "pose6d_ros.pose_net/1"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: conditioning name -> (feature conditioning module, whether the head has one output per object)
+CONDITIONINGS: Dict[str, Tuple[type, bool]] = {
+    "cin": (ConditionalInstanceNorm, False),  # Eq. 4, shared head
+    "onehot": (OneHotConditioning, False),  # baseline: one-hot appended to the features
+    "multi": (NoConditioning, True),  # baseline "Multi": one output per object
+    "none": (NoConditioning, False),  # plain single-object net
+}
+
+DEFAULT_CONFIG: Dict[str, Any] = {
+    "backbone": "resnet18",
+    "num_objects": 1,
+    "num_keypoints": 9,
+    "conditioning": "cin",
+    "crop_size": 64,
+    "small_input": None,  # None: drop the stem stride when crop_size <= 64
+    "head_channels": 128,
+    "head_hidden": 256,
+    "head_pool": 4,
+}
+
+
+class PoseNet(nn.Module):
+    """Φ(x, c) -> h: keypoints of object ``c`` in crop ``x``.
+
+    Args:
+        backbone: registered backbone name (``resnet18``, ``mobilenet_v3_small``, ``vgg16``).
+        num_objects: N objects the net is conditioned on (1 for a single-object net).
+        num_keypoints: K keypoints per object (same order for every object).
+        conditioning: ``"cin"`` (Eq. 4), ``"onehot"``, ``"multi"`` (one head output per object) or
+            ``"none"``.
+        crop_size: S, the side of the square input crops the net is built for.
+        small_input: drop the backbone's stem stride (default: when ``crop_size <= 64``).
+        head_channels, head_hidden, head_pool: head sizes (1x1 conv channels, FC width, pooled side).
+
+    Shape:
+        - images: ``(B, 3, S, S)`` RGB in ``[0, 1]`` (ImageNet normalisation happens inside)
+        - object_index: ``(B,)`` long in ``[0, N)``, each sample's row of the model card
+        - output: ``(B, K, 2)`` keypoints in normalised crop coordinates (``docs/conventions.md``);
+          with ``return_features`` also the last conv features before conditioning ``(B, C, h, w)``.
+
+    Example:
+        >>> net = PoseNet(num_objects=3, crop_size=64).eval()
+        >>> net(torch.rand(2, 3, 64, 64), torch.tensor([0, 2])).shape
+        torch.Size([2, 9, 2])
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "resnet18",
+        num_objects: int = 1,
+        num_keypoints: int = 9,
+        conditioning: str = "cin",
+        crop_size: int = 64,
+        small_input: bool | None = None,
+        head_channels: int = 128,
+        head_hidden: int = 256,
+        head_pool: int = 4,
+    ) -> None:
+        super().__init__()
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {sorted(CONDITIONINGS)}, got {conditioning!r}")
+        if num_objects < 1 or num_keypoints < 1 or crop_size < 8:
+            raise ValueError(
+                f"need num_objects >= 1, num_keypoints >= 1, crop_size >= 8; got "
+                f"{num_objects}, {num_keypoints}, {crop_size}"
+            )
+        if small_input is None:
+            small_input = crop_size <= 64
+        self.config: Dict[str, Any] = dict(
+            backbone=backbone, num_objects=num_objects, num_keypoints=num_keypoints,
+            conditioning=conditioning, crop_size=crop_size, small_input=small_input,
+            head_channels=head_channels, head_hidden=head_hidden, head_pool=head_pool,
+        )
+        self.num_objects = num_objects
+        self.num_keypoints = num_keypoints
+        self.crop_size = crop_size
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+        self.backbone = build_backbone(backbone, small_input=small_input)
+        channels = self.backbone.out_channels
+        cond_cls, self.multi_head = CONDITIONINGS[conditioning]
+        self.conditioning = cond_cls(num_objects, channels)
+        cond_channels = getattr(self.conditioning, "out_channels", channels)
+        outputs = num_keypoints * 2 * (num_objects if self.multi_head else 1)
+        self.head = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(cond_channels, head_channels, kernel_size=1),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(head_pool),
+            nn.Flatten(),
+            nn.Linear(head_channels * head_pool * head_pool, head_hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(head_hidden, outputs),
+        )
+        # Start near the crop centre so early PnP/rendering sees sane poses.
+        nn.init.normal_(self.head[-1].weight, std=1e-3)
+        nn.init.zeros_(self.head[-1].bias)
+        self._bn_frozen = False
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "PoseNet":
+        """Build from a dict (unknown keys are an error; missing keys take :data:`DEFAULT_CONFIG`)."""
+        unknown = set(config) - set(DEFAULT_CONFIG)
+        if unknown:
+            raise KeyError(f"unknown PoseNet config keys {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}")
+        return cls(**{**DEFAULT_CONFIG, **dict(config)})
+
+    def forward(
+        self, images: torch.Tensor, object_index: torch.Tensor, return_features: bool = False
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        check_shape(images, ("B", 3, self.crop_size, self.crop_size), "images")
+        check_shape(object_index, ("B",), "object_index")
+        check_same_batch(("images", images), ("object_index", object_index))
+        x = (images - self.mean) / self.std
+        features = self.backbone(x)
+        out = self.head(self.conditioning(features, object_index))
+        if self.multi_head:
+            out = out.view(-1, self.num_objects, self.num_keypoints * 2)
+            out = out[torch.arange(out.shape[0], device=out.device), object_index]
+        keypoints = out.reshape(-1, self.num_keypoints, 2)
+        return (keypoints, features) if return_features else keypoints
+
+    def freeze_early(self, n_stages: int) -> None:
+        """Stop gradients through the first ``n_stages`` backbone stages (see :class:`Backbone`)."""
+        self.backbone.freeze_early(n_stages)
+
+    def freeze_bn(self, freeze: bool = True) -> None:
+        """Keep every BatchNorm in eval mode (running statistics frozen) even under ``train()``.
+
+        The affine BN parameters stay trainable. Self-supervised batches are small and biased
+        (one view of one object), so updating the running statistics from them drifts.
+        """
+        self._bn_frozen = freeze
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "PoseNet":
+        super().train(mode)
+        if self._bn_frozen:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a trained Φ is for; stored with the checkpoint and in the ONNX file.
+
+    Attributes:
+        object_ids: registry ids of the objects, in object-index order (row ``i`` of the CIN table).
+        object_names: their names, same order.
+        keypoints: per object the 3D keypoints in metres, model frame, ``(N, K, 3)`` as nested lists.
+        crop_size: S of the input crops.
+        backbone: backbone name.
+        conditioning: ``cin`` / ``onehot`` / ``multi`` / ``none``.
+        extra: free-form notes (training run, data), JSON-serialisable.
+    """
+
+    object_ids: Tuple[int, ...]
+    object_names: Tuple[str, ...]
+    keypoints: Tuple[Tuple[Tuple[float, float, float], ...], ...]
+    crop_size: int
+    backbone: str
+    conditioning: str
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.object_ids)
+        if n == 0 or len(self.object_names) != n or len(self.keypoints) != n:
+            raise ValueError(
+                f"model card: object_ids ({n}), object_names ({len(self.object_names)}) and keypoints "
+                f"({len(self.keypoints)}) must be non-empty and of equal length"
+            )
+        kp = np.asarray(self.keypoints, dtype=np.float64)
+        if kp.ndim != 3 or kp.shape[2] != 3 or not np.isfinite(kp).all():
+            raise ValueError(f"model card: keypoints must be finite (N, K, 3), got shape {kp.shape}")
+        if len(set(self.object_ids)) != n:
+            raise ValueError(f"model card: duplicate object ids {list(self.object_ids)}")
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        object_ids: Sequence[int],
+        object_names: Sequence[str],
+        keypoints: Union[np.ndarray, torch.Tensor, Sequence],
+        crop_size: int,
+        backbone: str,
+        conditioning: str,
+        extra: Mapping[str, Any] | None = None,
+    ) -> "ModelCard":
+        """Build a card from arrays (``keypoints`` ``(N, K, 3)`` metres)."""
+        kp = torch.as_tensor(keypoints).detach().cpu().double().numpy()
+        return cls(
+            object_ids=tuple(int(i) for i in object_ids),
+            object_names=tuple(str(s) for s in object_names),
+            keypoints=tuple(tuple(tuple(float(v) for v in p) for p in obj) for obj in kp),
+            crop_size=int(crop_size), backbone=str(backbone), conditioning=str(conditioning),
+            extra=dict(extra or {}),
+        )
+
+    @classmethod
+    def for_model(cls, model: PoseNet, registry, object_ids: Sequence[Union[int, str]] | None = None,
+                  extra: Mapping[str, Any] | None = None) -> "ModelCard":
+        """Card for ``model`` trained on ``object_ids`` (default: every registry object, in order)."""
+        objects = [registry.resolve(i) for i in object_ids] if object_ids is not None else list(registry)
+        if len(objects) != model.num_objects:
+            raise ValueError(f"model has {model.num_objects} objects, {len(objects)} given")
+        return cls.create(
+            object_ids=[o.id for o in objects], object_names=[o.name for o in objects],
+            keypoints=np.stack([np.asarray(o.keypoints, dtype=np.float64) for o in objects]),
+            crop_size=model.crop_size, backbone=model.config["backbone"],
+            conditioning=model.config["conditioning"], extra=extra,
+        )
+
+    @property
+    def keypoints_array(self) -> np.ndarray:
+        """``(N, K, 3)`` float64 keypoints."""
+        return np.asarray(self.keypoints, dtype=np.float64)
+
+    def index_of(self, object_id: int) -> int:
+        """Object index (row of the conditioning table) of registry id ``object_id``."""
+        try:
+            return self.object_ids.index(int(object_id))
+        except ValueError:
+            raise KeyError(f"object id {object_id} is not one of the model's objects {list(self.object_ids)}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelCard":
+        d = json.loads(text)
+        return cls.create(**d)
+
+    def check_against(self, registry, atol: float = 1e-6) -> None:
+        """Raise ``ValueError`` naming the object unless every model object exists in ``registry``
+        with the same name and the same keypoints (within ``atol`` metres)."""
+        problems = []
+        for oid, name, kp in zip(self.object_ids, self.object_names, self.keypoints_array):
+            try:
+                obj = registry.resolve(oid)
+            except (KeyError, ValueError, IndexError):
+                problems.append(f"object id {oid} ({name!r}) is not in the registry")
+                continue
+            if obj.name != name:
+                problems.append(f"object id {oid}: model says {name!r}, registry says {obj.name!r}")
+            reg_kp = np.asarray(obj.keypoints, dtype=np.float64)
+            if reg_kp.shape != kp.shape or not np.allclose(reg_kp, kp, atol=atol, rtol=0):
+                problems.append(f"object id {oid} ({name!r}): keypoints differ from the registry's")
+        if problems:
+            raise ValueError("model does not match the object registry: " + "; ".join(problems))
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_model(path: Union[str, os.PathLike], model: PoseNet, card: ModelCard) -> None:
+    """Write ``model``'s config, weights and ``card`` to ``path`` atomically (temp file + rename)."""
+    if card.crop_size != model.crop_size or len(card.object_ids) != model.num_objects:
+        raise ValueError(
+            f"card (crop {card.crop_size}, {len(card.object_ids)} objects) does not fit the model "
+            f"(crop {model.crop_size}, {model.num_objects} objects)"
+        )
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": CHECKPOINT_FORMAT, "config": model.config, "card": card.to_json(), "state_dict": state}
+    _atomic_write(Path(path), lambda f: torch.save(payload, f))
+
+
+def load_model(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu") -> Tuple[PoseNet, ModelCard]:
+    """Read a checkpoint written by :func:`save_model`; returns ``(model in eval mode, card)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model checkpoint {path} does not exist")
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
+    model = PoseNet.from_config(payload["config"])
+    model.load_state_dict(payload["state_dict"])
+    return model.to(map_location).eval(), ModelCard.from_json(payload["card"])
