@@ -401,7 +401,7 @@ def _as_array(value: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
 
 
 def _round(a: Any) -> list[float]:
-    return [float(round(float(x), 9)) for x in np.asarray(a).reshape(-1)]
+    return [float(round(float(x), 9)) + 0.0 for x in np.asarray(a).reshape(-1)]
 
 
 # ---------------------------------------------------------------------- geometry

@@ -1,0 +1,2 @@
+"""Data: BOP I/O, crops, augmentation, the synthetic source domain, the simulated real domain
+(``lm-lite``, ``tless-lite``), bag import and datasets."""
