@@ -270,8 +270,8 @@ class ModelCard:
         problems = []
         for oid, name, kp in zip(self.object_ids, self.object_names, self.keypoints_array):
             try:
-                obj = registry.resolve(oid)
-            except (KeyError, ValueError, IndexError):
+                obj = registry.get(int(oid))
+            except KeyError:
                 problems.append(f"object id {oid} ({name!r}) is not in the registry")
                 continue
             if obj.name != name:
