@@ -221,7 +221,9 @@ class ModelCard:
         extra: Mapping[str, Any] | None = None,
     ) -> "ModelCard":
         """Build a card from arrays (``keypoints`` ``(N, K, 3)`` metres)."""
-        kp = torch.as_tensor(keypoints).detach().cpu().double().numpy()
+        if isinstance(keypoints, torch.Tensor):
+            keypoints = keypoints.detach().cpu().double().numpy()
+        kp = np.asarray(keypoints, dtype=np.float64)
         return cls(
             object_ids=tuple(int(i) for i in object_ids),
             object_names=tuple(str(s) for s in object_names),
