@@ -1,0 +1,264 @@
+"""Every conversion between ROS 2 messages and core types, in one module.
+
+Functions raise `MessageError` (a ValueError naming the message field) on bad input; nodes catch it
+and skip the message with a throttled warning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pose6d_ros.geometry.camera import CameraModel
+
+# Channels and source order per supported encoding; the output is always (H, W, 3) uint8 RGB.
+_ENCODINGS = {
+    "rgb8": (3, (0, 1, 2)),
+    "bgr8": (3, (2, 1, 0)),
+    "rgba8": (4, (0, 1, 2)),
+    "bgra8": (4, (2, 1, 0)),
+    "mono8": (1, (0, 0, 0)),
+}
+SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
+
+
+class MessageError(ValueError):
+    """A message that cannot be converted; the text names the offending field."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One 2D detection in core form: `box` is (x0, y0, x1, y1) in continuous pixel coordinates."""
+
+    class_id: str
+    score: float
+    box: Tuple[float, float, float, float]
+    detection_id: str = ""
+
+
+def stamp_key(stamp) -> Tuple[int, int]:
+    """A hashable key of a `builtin_interfaces/Time`, for exact-stamp pairing."""
+    return int(stamp.sec), int(stamp.nanosec)
+
+
+def image_to_rgb(msg) -> np.ndarray:
+    """`sensor_msgs/Image` -> `(H, W, 3)` uint8 RGB.
+
+    Supports rgb8, bgr8, rgba8, bgra8 and mono8, any row `step` (padding) and either endianness
+    (8-bit data has none). Raises `MessageError` naming the field otherwise.
+    """
+    encoding = str(msg.encoding).lower()
+    if encoding not in _ENCODINGS:
+        raise MessageError(f"Image.encoding: unsupported '{msg.encoding}' (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+    channels, order = _ENCODINGS[encoding]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise MessageError(f"Image.height/width: must be positive, got {h}x{w}")
+    if step < w * channels:
+        raise MessageError(f"Image.step: {step} is smaller than width*channels = {w * channels}")
+    data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, (bytes, bytearray, memoryview)) else msg.data,
+                         dtype=np.uint8)
+    if data.size < h * step:
+        raise MessageError(f"Image.data: {data.size} bytes, expected height*step = {h * step}")
+    rows = data[: h * step].reshape(h, step)[:, : w * channels].reshape(h, w, channels)
+    return np.ascontiguousarray(rows[:, :, list(order)])
+
+
+def rgb_to_image(rgb: np.ndarray, header, encoding: str = "rgb8"):
+    """(H, W, 3) uint8 RGB -> `sensor_msgs/Image` (rgb8 or bgr8)."""
+    from sensor_msgs.msg import Image
+
+    if encoding not in ("rgb8", "bgr8"):
+        raise MessageError(f"encoding: rgb_to_image writes rgb8 or bgr8, not {encoding}")
+    pixels = rgb if encoding == "rgb8" else rgb[:, :, ::-1]
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    msg = Image()
+    msg.header = header
+    msg.height, msg.width = int(pixels.shape[0]), int(pixels.shape[1])
+    msg.encoding, msg.is_bigendian, msg.step = encoding, 0, int(pixels.shape[1] * 3)
+    msg.data = pixels.tobytes()
+    return msg
+
+
+def camera_info_to_model(msg) -> CameraModel:
+    """`sensor_msgs/CameraInfo` -> `CameraModel` (K, distortion model and D, size).
+
+    Raises `MessageError` when K is invalid (zero, non-finite, fx or fy <= 0) or D does not fit
+    the distortion model.
+    """
+    k = [float(v) for v in msg.k]
+    if not np.all(np.isfinite(k)) or k[0] <= 0 or k[4] <= 0 or k[8] == 0:
+        raise MessageError(f"CameraInfo.k: invalid intrinsics {k}")
+    model = str(msg.distortion_model) or "none"
+    d = [float(v) for v in msg.d]
+    if model in ("", "none") or not any(d):
+        model, d = "none", []
+    try:
+        return CameraModel.from_camera_info_fields(k, d, model, int(msg.width), int(msg.height))
+    except (ValueError, TypeError) as e:
+        raise MessageError(f"CameraInfo: {e}") from e
+
+
+def detections_from_msg(msg) -> List[Detection]:
+    """`vision_msgs/Detection2DArray` -> detections (best hypothesis of each).
+
+    A detection with no hypothesis, a non-finite box or a non-positive size raises `MessageError`
+    naming `detections[i]`; callers drop only that detection.
+    """
+    out: List[Detection] = []
+    for i, det in enumerate(msg.detections):
+        out.append(detection_from_msg(det, i))
+    return out
+
+
+def detection_from_msg(det, index: int = 0) -> Detection:
+    if len(det.results) == 0:
+        raise MessageError(f"detections[{index}].results: empty (no class hypothesis)")
+    best = max(det.results, key=lambda r: r.hypothesis.score)
+    cx, cy = float(det.bbox.center.position.x), float(det.bbox.center.position.y)
+    sx, sy = float(det.bbox.size_x), float(det.bbox.size_y)
+    score = float(best.hypothesis.score)
+    if not np.all(np.isfinite([cx, cy, sx, sy, score])):
+        raise MessageError(f"detections[{index}].bbox/score: non-finite value")
+    if sx <= 0 or sy <= 0:
+        raise MessageError(f"detections[{index}].bbox.size: must be positive, got {sx}x{sy}")
+    box = (cx - sx / 2, cy - sy / 2, cx + sx / 2, cy + sy / 2)
+    return Detection(str(best.hypothesis.class_id), score, box, str(det.id))
+
+
+def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
+    """Rotation matrix (3, 3) -> unit quaternion (x, y, z, w), w >= 0 (Shepperd's method)."""
+    R = np.asarray(R, dtype=np.float64)
+    tr = np.trace(R)
+    if tr > 0:
+        s = 2.0 * np.sqrt(tr + 1.0)
+        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s]
+    else:
+        i = int(np.argmax(np.diag(R)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * np.sqrt(max(1.0 + R[i, i] - R[j, j] - R[k, k], 1e-300))
+        q = [0.0, 0.0, 0.0, (R[k, j] - R[j, k]) / s]
+        q[i] = 0.25 * s
+        q[j] = (R[j, i] + R[i, j]) / s
+        q[k] = (R[k, i] + R[i, k]) / s
+    q = np.asarray(q)
+    q /= np.linalg.norm(q)
+    return q if q[3] >= 0 else -q
+
+
+def pose_to_msg(R: np.ndarray, t: np.ndarray):
+    """(R, t) in metres -> `geometry_msgs/Pose`."""
+    from geometry_msgs.msg import Pose
+
+    p = Pose()
+    p.position.x, p.position.y, p.position.z = (float(v) for v in t)
+    qx, qy, qz, qw = matrix_to_quaternion(R)
+    p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w = float(qx), float(qy), float(qz), float(qw)
+    return p
+
+
+def pose_array_msg(header, poses: Sequence[Tuple[np.ndarray, np.ndarray]]):
+    from geometry_msgs.msg import PoseArray
+
+    msg = PoseArray()
+    msg.header = header
+    msg.poses = [pose_to_msg(R, t) for R, t in poses]
+    return msg
+
+
+@dataclass(frozen=True)
+class PublishedPose:
+    """What the node publishes for one detection (core -> message boundary record)."""
+
+    name: str
+    class_id: str
+    score: float
+    R: np.ndarray
+    t: np.ndarray
+    box_size: Tuple[float, float, float]
+    box_center: np.ndarray  # model-frame centre of the 3D box, metres
+
+
+def detection3d_array_msg(header, items: Iterable[PublishedPose]):
+    """-> `vision_msgs/Detection3DArray`: class, score, pose, and the oriented 3D box."""
+    from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
+
+    msg = Detection3DArray()
+    msg.header = header
+    for item in items:
+        det = Detection3D()
+        det.header = header
+        hyp = ObjectHypothesisWithPose()
+        hyp.hypothesis.class_id = item.class_id
+        hyp.hypothesis.score = float(item.score)
+        hyp.pose.pose = pose_to_msg(item.R, item.t)
+        det.results.append(hyp)
+        det.bbox.center = pose_to_msg(item.R, item.R @ item.box_center + item.t)
+        det.bbox.size.x, det.bbox.size.y, det.bbox.size.z = (float(v) for v in item.box_size)
+        det.id = item.name
+        msg.detections.append(det)
+    return msg
+
+
+def tf_message(header, frames: Iterable[Tuple[str, np.ndarray, np.ndarray]]):
+    """(child_frame, R, t) triples under `header.frame_id` -> `tf2_msgs/TFMessage`."""
+    from geometry_msgs.msg import TransformStamped
+    from tf2_msgs.msg import TFMessage
+
+    msg = TFMessage()
+    for child, R, t in frames:
+        tr = TransformStamped()
+        tr.header = header
+        tr.child_frame_id = child
+        tr.transform.translation.x, tr.transform.translation.y, tr.transform.translation.z = (float(v) for v in t)
+        q = matrix_to_quaternion(R)
+        tr.transform.rotation.x, tr.transform.rotation.y, tr.transform.rotation.z, tr.transform.rotation.w = (float(v) for v in q)
+        msg.transforms.append(tr)
+    return msg
+
+
+def detection2d_array_msg(header, detections: Iterable[Detection]):
+    """Core detections -> `vision_msgs/Detection2DArray` (used by the detector node)."""
+    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+
+    msg = Detection2DArray()
+    msg.header = header
+    for d in detections:
+        det = Detection2D()
+        det.header = header
+        x0, y0, x1, y1 = d.box
+        det.bbox.center.position.x, det.bbox.center.position.y = (x0 + x1) / 2, (y0 + y1) / 2
+        det.bbox.size_x, det.bbox.size_y = x1 - x0, y1 - y0
+        hyp = ObjectHypothesisWithPose()
+        hyp.hypothesis.class_id, hyp.hypothesis.score = d.class_id, float(d.score)
+        det.results.append(hyp)
+        det.id = d.detection_id
+        msg.detections.append(det)
+    return msg
+
+
+def marker_array_msg(header, items: Iterable[PublishedPose], mesh_uris: Optional[dict] = None, lifetime_s: float = 0.5):
+    """-> `visualization_msgs/MarkerArray`: each object's mesh (when a URI is known) or its 3D box, for RViz."""
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    msg = MarkerArray()
+    for k, item in enumerate(items):
+        m = Marker()
+        m.header = header
+        m.ns, m.id = item.name.rsplit("_", 1)[0], k
+        uri = (mesh_uris or {}).get(item.class_id)
+        if uri:
+            m.type, m.mesh_resource, m.mesh_use_embedded_materials = Marker.MESH_RESOURCE, uri, True
+            m.pose = pose_to_msg(item.R, item.t)
+            m.scale.x = m.scale.y = m.scale.z = 1.0
+        else:
+            m.type = Marker.CUBE
+            m.pose = pose_to_msg(item.R, item.R @ item.box_center + item.t)
+            m.scale.x, m.scale.y, m.scale.z = (float(v) for v in item.box_size)
+        m.color.r, m.color.g, m.color.b, m.color.a = 0.1, 0.8, 0.2, 0.6
+        m.lifetime.sec = int(lifetime_s)
+        m.lifetime.nanosec = int((lifetime_s % 1) * 1e9)
+        msg.markers.append(m)
+    return msg

@@ -1,0 +1,95 @@
+"""The estimator node's parameters: one validated schema (type, default, description, range).
+
+`config/estimator.yaml` sets them; `validate()` is plain Python so the rules are testable without a
+node. A bad value stops the node at start-up with a message naming the parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    default: Any
+    description: str
+    choices: Optional[Tuple[Any, ...]] = None
+    range: Optional[Tuple[float, float]] = None
+
+
+ESTIMATOR_PARAMS: Dict[str, ParamSpec] = {
+    "model": ParamSpec("", "Path to the pose network: an ONNX file from export_onnx, or a .pt checkpoint"),
+    "objects": ParamSpec("", "Path to the object registry YAML (ids, names, meshes, keypoints)"),
+    "image_topic": ParamSpec("/camera/image_raw", "sensor_msgs/Image input"),
+    "camera_info_topic": ParamSpec("/camera/camera_info", "sensor_msgs/CameraInfo input"),
+    "detections_topic": ParamSpec("/detections", "vision_msgs/Detection2DArray input"),
+    "poses_topic": ParamSpec("/object_poses", "geometry_msgs/PoseArray output"),
+    "camera_frame": ParamSpec("", "Parent frame of published poses; empty: the image's header.frame_id"),
+    "min_score": ParamSpec(0.3, "Detections scoring below this are ignored", range=(0.0, 1.0)),
+    "device": ParamSpec("cpu", "Inference device", choices=("cpu", "cuda")),
+    "backend": ParamSpec("auto", "auto: ONNX Runtime for .onnx models, torch for .pt",
+                         choices=("auto", "torch", "onnxruntime")),
+    "publish_tf": ParamSpec(True, "Publish TF frames <object>_<k> under the camera frame"),
+    "publish_debug_image": ParamSpec(False, "Publish ~/debug_image with the projected 3D boxes"),
+    "publish_markers": ParamSpec(False, "Publish ~/markers (visualization_msgs/MarkerArray) for RViz"),
+    "qos_depth": ParamSpec(5, "History depth of every subscription and publisher", range=(1, 1000)),
+    "qos_reliability": ParamSpec("reliable", "Subscriptions' reliability", choices=("reliable", "best_effort")),
+    "cache_size": ParamSpec(30, "Images and detection arrays kept while waiting for their partner stamp",
+                            range=(1, 10000)),
+    "warn_throttle_s": ParamSpec(5.0, "Minimum seconds between two warnings of the same kind", range=(0.0, 3600.0)),
+}
+
+
+@dataclass(frozen=True)
+class EstimatorParams:
+    model: str
+    objects: str
+    image_topic: str
+    camera_info_topic: str
+    detections_topic: str
+    poses_topic: str
+    camera_frame: str
+    min_score: float
+    device: str
+    backend: str
+    publish_tf: bool
+    publish_debug_image: bool
+    publish_markers: bool
+    qos_depth: int
+    qos_reliability: str
+    cache_size: int
+    warn_throttle_s: float
+
+
+class ParameterError(ValueError):
+    """A parameter value that the node cannot run with; the text names the parameter."""
+
+
+def validate(values: Dict[str, Any]) -> EstimatorParams:
+    """Check every value against `ESTIMATOR_PARAMS` and return the typed record.
+
+    Raises:
+        ParameterError: naming the parameter, for an unknown name, a wrong type, a value outside
+        its range or choices, or an empty `model`/`objects` path.
+    """
+    unknown = sorted(set(values) - set(ESTIMATOR_PARAMS))
+    if unknown:
+        raise ParameterError(f"unknown parameter(s): {unknown}")
+    out: Dict[str, Any] = {}
+    for name, spec in ESTIMATOR_PARAMS.items():
+        value = values.get(name, spec.default)
+        kind = type(spec.default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ParameterError(f"parameter '{name}': expected {kind.__name__}, got {value!r}")
+        if spec.choices is not None and value not in spec.choices:
+            raise ParameterError(f"parameter '{name}': {value!r} is not one of {list(spec.choices)}")
+        if spec.range is not None and not (spec.range[0] <= value <= spec.range[1]):
+            raise ParameterError(f"parameter '{name}': {value!r} is outside [{spec.range[0]}, {spec.range[1]}]")
+        out[name] = value
+    for name in ("model", "objects"):
+        if not out[name]:
+            raise ParameterError(f"parameter '{name}': a path is required")
+    return EstimatorParams(**{f.name: out[f.name] for f in fields(EstimatorParams)})
