@@ -1,0 +1,118 @@
+"""Message <-> core conversions, checked against OpenCV and SciPy as independent references."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from pose6d_ros.ros import conversions as conv
+
+
+def _image_msg(pixels: np.ndarray, encoding: str, pad: int = 0):
+    from sensor_msgs.msg import Image
+
+    h, w = pixels.shape[:2]
+    c = 1 if pixels.ndim == 2 else pixels.shape[2]
+    rows = pixels.reshape(h, w * c)
+    rows = np.concatenate([rows, np.full((h, pad), 7, np.uint8)], axis=1)
+    return Image(height=h, width=w, encoding=encoding, is_bigendian=0, step=w * c + pad, data=rows.tobytes())
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8"])
+@pytest.mark.parametrize("pad", [0, 5])
+def test_image_encodings_match_opencv(encoding, pad):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    source = {
+        "rgb8": rgb,
+        "bgr8": cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+        "rgba8": cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA),
+        "bgra8": cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA),
+        "mono8": cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY),
+    }[encoding]
+    expected = rgb if encoding != "mono8" else cv2.cvtColor(source, cv2.COLOR_GRAY2RGB)
+    out = conv.image_to_rgb(_image_msg(source, encoding, pad))
+    assert out.dtype == np.uint8 and out.shape == (6, 9, 3)
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize(
+    "field,mutate",
+    [
+        ("encoding", lambda m: setattr(m, "encoding", "16UC1")),
+        ("step", lambda m: setattr(m, "step", 3)),
+        ("data", lambda m: setattr(m, "data", b"\x00" * 10)),
+        ("height", lambda m: setattr(m, "height", 0)),
+    ],
+)
+def test_bad_images_name_the_field(field, mutate):
+    msg = _image_msg(np.zeros((4, 4, 3), np.uint8), "rgb8")
+    mutate(msg)
+    with pytest.raises(conv.MessageError, match=field):
+        conv.image_to_rgb(msg)
+
+
+def test_quaternion_matches_scipy():
+    rng = np.random.default_rng(3)
+    for R in Rotation.random(200, random_state=4).as_matrix():
+        q = conv.matrix_to_quaternion(R)
+        ref = Rotation.from_matrix(R).as_quat()  # (x, y, z, w)
+        ref = ref if ref[3] >= 0 else -ref
+        np.testing.assert_allclose(q, ref, atol=1e-9)
+    # 180-degree rotations take the non-trace branch
+    for axis in np.eye(3):
+        R = Rotation.from_rotvec(np.pi * axis).as_matrix()
+        q = conv.matrix_to_quaternion(R)
+        np.testing.assert_allclose(Rotation.from_quat(q).as_matrix(), R, atol=1e-9)
+    assert rng is not None
+
+
+def test_camera_info_conversion_and_rejection():
+    from sensor_msgs.msg import CameraInfo
+
+    info = CameraInfo(width=640, height=480, distortion_model="plumb_bob")
+    info.k = [500.0, 0.0, 320.0, 0.0, 510.0, 240.0, 0.0, 0.0, 1.0]
+    info.d = [0.1, -0.05, 0.001, 0.0, 0.0]
+    cam = conv.camera_info_to_model(info)
+    np.testing.assert_allclose(np.asarray(cam.K), np.array(info.k).reshape(3, 3))
+    assert cam.distortion_model == "plumb_bob" and cam.has_distortion
+    info.k = [0.0] * 9
+    with pytest.raises(conv.MessageError, match="CameraInfo.k"):
+        conv.camera_info_to_model(info)
+
+
+def test_detection_round_trip_and_bad_detection():
+    from std_msgs.msg import Header
+
+    dets = [conv.Detection("duck", 0.9, (10.0, 20.0, 50.0, 80.0), "a"), conv.Detection("3", 0.4, (0.0, 0.0, 4.0, 2.0))]
+    msg = conv.detection2d_array_msg(Header(frame_id="cam"), dets)
+    back = conv.detections_from_msg(msg)
+    assert back == dets
+    msg.detections[1].bbox.size_x = float("nan")
+    with pytest.raises(conv.MessageError, match=r"detections\[1\]"):
+        conv.detections_from_msg(msg)
+    msg.detections[0].results = []
+    with pytest.raises(conv.MessageError, match=r"detections\[0\].results"):
+        conv.detection_from_msg(msg.detections[0], 0)
+
+
+def test_pose_messages_carry_the_pose():
+    from std_msgs.msg import Header
+
+    R = Rotation.from_rotvec([0.2, -0.4, 1.1]).as_matrix()
+    t = np.array([0.05, -0.02, 0.7])
+    header = Header(frame_id="camera_optical")
+    pa = conv.pose_array_msg(header, [(R, t)])
+    p = pa.poses[0]
+    np.testing.assert_allclose([p.position.x, p.position.y, p.position.z], t)
+    q = [p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w]
+    np.testing.assert_allclose(Rotation.from_quat(q).as_matrix(), R, atol=1e-9)
+    item = conv.PublishedPose("duck_0", "duck", 0.8, R, t, (0.1, 0.05, 0.08), np.array([0.0, 0.01, 0.0]))
+    d3 = conv.detection3d_array_msg(header, [item])
+    c = d3.detections[0].bbox.center.position
+    np.testing.assert_allclose([c.x, c.y, c.z], R @ np.array([0.0, 0.01, 0.0]) + t)
+    tf = conv.tf_message(header, [("duck_0", R, t)])
+    assert tf.transforms[0].child_frame_id == "duck_0"
+    assert tf.transforms[0].header.frame_id == "camera_optical"
