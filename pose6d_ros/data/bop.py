@@ -115,6 +115,8 @@ def _mm_to_m(value: Union[int, Decimal, np.ndarray]) -> Union[float, np.ndarray]
 
 def _m_to_mm(value: float) -> "_Raw":
     """Metres (code) -> millimetres (file), as exact decimal text: ``repr`` with the point moved."""
+    if not math.isfinite(float(value)):
+        raise ValueError(f"non-finite number {value} cannot be written to a BOP file")
     return _Raw(_plain_decimal(Decimal(repr(float(value))).scaleb(3)))
 
 
