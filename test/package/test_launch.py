@@ -1,0 +1,51 @@
+"""The launch file starts real executables with real config files.
+
+No `ros2`/`launch` can be installed here, so the launch file is read as source: every `Node(...)`
+action must name this package, an executable that setup.py installs, and config files that exist.
+The executables themselves run in the ROS tests.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _console_scripts():
+    text = (ROOT / "setup.py").read_text()
+    return set(re.findall(r'"(\w+) = pose6d_ros\.[\w.]+:\w+"', text))
+
+
+def _calls(tree, name):
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == name]
+
+
+def test_launch_nodes_name_installed_executables_and_existing_configs():
+    path = ROOT / "launch" / "estimator.launch.py"
+    tree = ast.parse(path.read_text())
+    assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
+    nodes = _calls(tree, "Node")
+    assert len(nodes) == 2
+    scripts = _console_scripts()
+    executables = set()
+    for node in nodes:
+        kw = {k.arg: k.value for k in node.keywords}
+        assert ast.literal_eval(kw["package"]) == "pose6d_ros"
+        exe = ast.literal_eval(kw["executable"])
+        assert exe in scripts, f"launch starts '{exe}', which setup.py does not install"
+        executables.add(exe)
+    assert executables == {"estimator_node", "detector_node"}
+    # Every default config path is share/pose6d_ros/config/<file>: the file must exist and be installed.
+    args = {ast.literal_eval(c.args[0]): c for c in _calls(tree, "DeclareLaunchArgument")}
+    for name in ("config", "detector_config", "objects"):
+        default = {k.arg: k.value for k in args[name].keywords}["default_value"]
+        parts = [ast.literal_eval(a) for a in default.args[1:]]
+        assert parts[0] == "config"
+        assert (ROOT / "config" / parts[1]).is_file(), f"launch argument '{name}' points at missing config/{parts[1]}"
+    for arg in ("config", "device", "use_detector", "image_topic", "camera_info_topic"):
+        assert arg in args
+    setup_text = (ROOT / "setup.py").read_text()
+    assert 'glob("launch/*.launch.py")' in setup_text and 'glob("config/*.yaml")' in setup_text
