@@ -41,7 +41,7 @@ bench: setup
 
 # Build the package the way a robot does (colcon in a venv of its own), into build/ and install/.
 colcon: setup
-	@[ -x .colcon-venv/bin/colcon ] || (python3 -m venv .colcon-venv && .colcon-venv/bin/pip install -q colcon-common-extensions)
+	@[ -x .colcon-venv/bin/colcon ] || (python3 -m venv .colcon-venv && .colcon-venv/bin/pip install -q colcon-common-extensions==0.3.0)
 	$(ENV) .colcon-venv/bin/colcon --log-base log build --base-paths . --build-base build --install-base install
 
 clean:
