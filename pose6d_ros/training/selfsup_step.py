@@ -34,7 +34,8 @@ from pose6d_ros.training.trainer import StepOutput
 __all__ = ["SelfSupSettings", "SelfSupStep", "RenderFn", "PnPFn", "OcclusionFn", "draw_keypoints"]
 
 #: ``render_fn(object_index (B,), R (B,3,3), t (B,3), K_crop (B,3,3), size) -> object with
-#: ``.rgb (B,3,S,S)`` and ``.silhouette (B,1,S,S)``, differentiable in R and t.
+#: ``.rgb (B,3,S,S)`` composited over black (``RenderSettings.background = 0``, i.e. premultiplied by
+#: the silhouette) and ``.silhouette (B,1,S,S)``, differentiable in R and t.
 RenderFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], Any]
 #: ``pnp_fn(points_2d (B,N,2) px, points_3d (B,N,3), K (B,3,3)) -> PnPResult``.
 PnPFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]
@@ -172,7 +173,7 @@ class SelfSupStep:
             h3_label = pixels_to_normalized(project_points(kp3, R1, t1, Kf), S).detach()
         m_mask = m1 if s.grad_through_mask else m1.detach()
         b = self._background(x_r)
-        r1 = L.mask_blend(rgb, m1, b)  # the render on the same background as x_m
+        r1 = rgb + (1.0 - m1) * b  # the render (composited over black) moved onto x_m's background
         if not s.grad_through_render_rgb:
             r1 = r1.detach()
         if occ is not None:

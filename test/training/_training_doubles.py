@@ -55,7 +55,7 @@ def splat_render(object_index, R, t, K, size, sigma: float = 1.0):
     d2 = ((pix - uv[:, None]) ** 2).sum(-1)  # (B, HW, P)
     density = torch.exp(-d2 / (2 * sigma**2)).sum(-1)
     sil = (1 - torch.exp(-density)).reshape(-1, 1, size, size)
-    rgb = torch.tensor([0.9, 0.3, 0.2]).view(1, 3, 1, 1) * torch.ones_like(sil)
+    rgb = torch.tensor([0.9, 0.3, 0.2]).view(1, 3, 1, 1) * sil  # premultiplied, like render()
     return SplatOutput(rgb=rgb, silhouette=sil)
 
 
