@@ -1,5 +1,21 @@
-"""Rendering: meshes, the differentiable rasterizer (pure PyTorch), the pyrender reference."""
+"""Rendering: meshes, the differentiable rasterizer (pure PyTorch), the pyrender reference.
+
+``pyrender_ref`` is not imported here: importing pyrender sets up OpenGL (OSMesa).
+"""
 
 from pose6d_ros.rendering.mesh import Mesh, MeshBatch, decimate, load_mesh, pack_meshes
+from pose6d_ros.rendering.rasterizer import ContourFragments, Fragments
+from pose6d_ros.rendering.renderer import RenderOutput, RenderSettings, render
 
-__all__ = ["Mesh", "MeshBatch", "decimate", "load_mesh", "pack_meshes"]
+__all__ = [
+    "ContourFragments",
+    "Fragments",
+    "Mesh",
+    "MeshBatch",
+    "RenderOutput",
+    "RenderSettings",
+    "decimate",
+    "load_mesh",
+    "pack_meshes",
+    "render",
+]
