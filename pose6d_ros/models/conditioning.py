@@ -9,6 +9,20 @@ from torch import nn
 from pose6d_ros._checks import check_same_batch, check_shape
 
 
+def _exporting() -> bool:
+    """True while traced or exported: Python-side shape checks would freeze the batch size there."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
+def check_conditioning_inputs(features: torch.Tensor, object_index: torch.Tensor, channels: int) -> None:
+    """Shape checks shared by the conditioning layers (skipped during export)."""
+    if _exporting():
+        return
+    check_shape(features, ("B", channels, "*", "*"), "features")
+    check_shape(object_index, ("B",), "object_index")
+    check_same_batch(("features", features), ("object_index", object_index))
+
+
 class ConditionalInstanceNorm(nn.Module):
     r"""Conditional instance normalisation, Eq. 4 of Sock et al. (2020).
 
@@ -48,9 +62,7 @@ class ConditionalInstanceNorm(nn.Module):
         self.affine = nn.Parameter(table)
 
     def forward(self, features: torch.Tensor, object_index: torch.Tensor) -> torch.Tensor:
-        check_shape(features, ("B", self.channels, "*", "*"), "features")
-        check_shape(object_index, ("B",), "object_index")
-        check_same_batch(("features", features), ("object_index", object_index))
+        check_conditioning_inputs(features, object_index, self.channels)
         normed = F.instance_norm(features, eps=self.eps)
         gamma_beta = self.affine[object_index]  # (B, C, 2): a Gather in ONNX
         gamma = gamma_beta[..., 0, None, None]
@@ -81,9 +93,7 @@ class OneHotConditioning(nn.Module):
         return self.channels + self.num_objects
 
     def forward(self, features: torch.Tensor, object_index: torch.Tensor) -> torch.Tensor:
-        check_shape(features, ("B", self.channels, "*", "*"), "features")
-        check_shape(object_index, ("B",), "object_index")
-        check_same_batch(("features", features), ("object_index", object_index))
+        check_conditioning_inputs(features, object_index, self.channels)
         onehot = self.eye.to(features.dtype)[object_index]  # (B, N)
         maps = onehot[:, :, None, None].expand(-1, -1, features.shape[2], features.shape[3])
         return torch.cat([features, maps], dim=1)

@@ -21,6 +21,7 @@ from pose6d_ros.models.conditioning import (
     ConditionalInstanceNorm,
     NoConditioning,
     OneHotConditioning,
+    _exporting,
 )
 
 CHECKPOINT_FORMAT = "pose6d_ros.pose_net/1"
@@ -139,9 +140,10 @@ class PoseNet(nn.Module):
     def forward(
         self, images: torch.Tensor, object_index: torch.Tensor, return_features: bool = False
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-        check_shape(images, ("B", 3, self.crop_size, self.crop_size), "images")
-        check_shape(object_index, ("B",), "object_index")
-        check_same_batch(("images", images), ("object_index", object_index))
+        if not _exporting():
+            check_shape(images, ("B", 3, self.crop_size, self.crop_size), "images")
+            check_shape(object_index, ("B",), "object_index")
+            check_same_batch(("images", images), ("object_index", object_index))
         x = (images - self.mean) / self.std
         features = self.backbone(x)
         out = self.head(self.conditioning(features, object_index))
@@ -184,6 +186,8 @@ class ModelCard:
         crop_size: S of the input crops.
         backbone: backbone name.
         conditioning: ``cin`` / ``onehot`` / ``multi`` / ``none``.
+        crop_padding: crop window side over the detection box's longer side used in training
+            (``data.crops.square_windows``); the runtime must crop the same way.
         extra: free-form notes (training run, data), JSON-serialisable.
     """
 
@@ -193,6 +197,7 @@ class ModelCard:
     crop_size: int
     backbone: str
     conditioning: str
+    crop_padding: float = 1.3
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -205,6 +210,8 @@ class ModelCard:
         kp = np.asarray(self.keypoints, dtype=np.float64)
         if kp.ndim != 3 or kp.shape[2] != 3 or not np.isfinite(kp).all():
             raise ValueError(f"model card: keypoints must be finite (N, K, 3), got shape {kp.shape}")
+        if not self.crop_padding > 0:
+            raise ValueError(f"model card: crop_padding must be > 0, got {self.crop_padding}")
         if len(set(self.object_ids)) != n:
             raise ValueError(f"model card: duplicate object ids {list(self.object_ids)}")
 
@@ -218,6 +225,7 @@ class ModelCard:
         crop_size: int,
         backbone: str,
         conditioning: str,
+        crop_padding: float = 1.3,
         extra: Mapping[str, Any] | None = None,
     ) -> "ModelCard":
         """Build a card from arrays (``keypoints`` ``(N, K, 3)`` metres)."""
@@ -229,12 +237,12 @@ class ModelCard:
             object_names=tuple(str(s) for s in object_names),
             keypoints=tuple(tuple(tuple(float(v) for v in p) for p in obj) for obj in kp),
             crop_size=int(crop_size), backbone=str(backbone), conditioning=str(conditioning),
-            extra=dict(extra or {}),
+            crop_padding=float(crop_padding), extra=dict(extra or {}),
         )
 
     @classmethod
     def for_model(cls, model: PoseNet, registry, object_ids: Sequence[Union[int, str]] | None = None,
-                  extra: Mapping[str, Any] | None = None) -> "ModelCard":
+                  crop_padding: float = 1.3, extra: Mapping[str, Any] | None = None) -> "ModelCard":
         """Card for ``model`` trained on ``object_ids`` (default: every registry object, in order)."""
         objects = [registry.resolve(i) for i in object_ids] if object_ids is not None else list(registry)
         if len(objects) != model.num_objects:
@@ -243,7 +251,7 @@ class ModelCard:
             object_ids=[o.id for o in objects], object_names=[o.name for o in objects],
             keypoints=np.stack([np.asarray(o.keypoints, dtype=np.float64) for o in objects]),
             crop_size=model.crop_size, backbone=model.config["backbone"],
-            conditioning=model.config["conditioning"], extra=extra,
+            conditioning=model.config["conditioning"], crop_padding=crop_padding, extra=extra,
         )
 
     @property

@@ -1,0 +1,233 @@
+"""Keypoint predictors: what turns a batch of crops into keypoints for the :class:`Estimator`.
+
+A predictor carries its :class:`~pose6d_ros.models.ModelCard` and implements
+``predict(crops, object_index, detection_index) -> (B, K, 2)`` normalised crop coordinates. Three
+implementations:
+
+- :class:`TorchPredictor`: Φ in PyTorch eager mode (CPU or CUDA);
+- :class:`OnnxPredictor`: the exported graph in ONNX Runtime (TensorRT, CUDA or CPU execution
+  provider, the first that works in that order unless overridden);
+- :class:`OracleKeypointPredictor`: keypoints projected from known poses through the camera and the
+  crop window. It stands in for a trained Φ to test the geometry chain and the ROS node end to end.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Protocol, Sequence, Union, runtime_checkable
+
+import numpy as np
+import torch
+
+from pose6d_ros._checks import check_same_batch, check_shape
+from pose6d_ros.data.crops import CropBatch
+from pose6d_ros.geometry.camera import CameraModel, crop_affine, distort_points, pixels_to_normalized
+from pose6d_ros.geometry.keypoints import transform_points
+from pose6d_ros.models.pose_net import ModelCard, PoseNet, load_model
+
+#: ONNX Runtime execution providers in order of preference.
+ORT_PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+@runtime_checkable
+class KeypointPredictor(Protocol):
+    """Crops -> keypoints. ``card`` says which objects (object index = row of ``card.object_ids``)."""
+
+    card: ModelCard
+    device: torch.device
+
+    def predict(self, crops: CropBatch, object_index: torch.Tensor, detection_index: torch.Tensor) -> torch.Tensor:
+        """Keypoints of the crops.
+
+        Args:
+            crops: ``images (B, 3, S, S)`` in ``[0, 1]``, ``K (B, 3, 3)`` crop intrinsics,
+                ``windows (B, 4)`` crop windows in the full image.
+            object_index: ``(B,)`` long, row of ``card.object_ids`` for each crop.
+            detection_index: ``(B,)`` long, position of each crop's detection in the frame's list.
+
+        Returns:
+            ``(B, K, 2)`` keypoints in normalised crop coordinates (float32, on ``device``).
+        """
+        ...
+
+
+class TorchPredictor:
+    """Φ in PyTorch eager mode.
+
+    Args:
+        model: the network (switched to eval mode and moved to ``device``).
+        card: its model card.
+        device: ``"cpu"``, ``"cuda"`` or a ``torch.device``.
+    """
+
+    def __init__(self, model: PoseNet, card: ModelCard, device: Union[str, torch.device] = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.card = card
+
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu") -> "TorchPredictor":
+        model, card = load_model(path, map_location=device)
+        return cls(model, card, device)
+
+    def predict(self, crops: CropBatch, object_index: torch.Tensor, detection_index: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(crops.images.to(self.device, torch.float32), object_index.to(self.device))
+
+
+def _gpu_visible() -> bool:
+    # Without a visible GPU the CUDA/TensorRT providers only print load errors before falling back.
+    return torch.cuda.is_available()
+
+
+def select_providers(device: str = "auto", providers: Optional[Sequence[str]] = None) -> list[str]:
+    """ONNX Runtime providers to try, in order.
+
+    ``providers`` (if given) wins. Otherwise ``device="cpu"`` gives the CPU provider only, and
+    ``"auto"``/``"cuda"`` give TensorRT, CUDA, CPU, keeping those this ONNX Runtime build has (GPU
+    ones only when a CUDA device is visible).
+    """
+    import onnxruntime as ort
+
+    if providers:
+        return list(providers)
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda' for onnxruntime, got {device!r}")
+    available = set(ort.get_available_providers())
+    wanted = ORT_PROVIDER_PREFERENCE if device != "cpu" and _gpu_visible() else ("CPUExecutionProvider",)
+    return [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+
+
+def default_session_options(intra_op_threads: int = 0):
+    """Session options used for inference: every graph optimisation (conv+BN+ReLU fusion, constant
+    folding of the normalisation), sequential execution, ``intra_op_threads`` (0: ORT's default)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = int(intra_op_threads)
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return so
+
+
+class OnnxPredictor:
+    """The exported Φ in ONNX Runtime.
+
+    Args:
+        path: ``.onnx`` file written by :func:`~pose6d_ros.runtime.onnx_export.export_onnx`.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (see :func:`select_providers`).
+        providers: explicit execution providers (overrides ``device``).
+        intra_op_threads: ONNX Runtime intra-op threads (0: its default, one per physical core).
+        cache_dir: where TensorRT keeps its engine cache (default: next to the model).
+
+    Raises:
+        FileNotFoundError / ValueError naming the file if it is missing or carries no model card.
+    """
+
+    def __init__(
+        self,
+        path: Union[str, os.PathLike],
+        device: str = "auto",
+        providers: Optional[Sequence[str]] = None,
+        intra_op_threads: int = 0,
+        cache_dir: Optional[Union[str, os.PathLike]] = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        from pose6d_ros.runtime.onnx_export import card_from_metadata
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model {path} does not exist")
+        chosen = select_providers(device, providers)
+        options = []
+        for p in chosen:
+            if p == "TensorrtExecutionProvider":
+                cache = Path(cache_dir) if cache_dir else path.parent / f".{path.stem}.trt_cache"
+                options.append({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                                "trt_fp16_enable": False})
+            else:
+                options.append({})
+        self.session = ort.InferenceSession(str(path), sess_options=default_session_options(intra_op_threads),
+                                            providers=chosen, provider_options=options)
+        self.providers = self.session.get_providers()
+        self.card = card_from_metadata(self.session.get_modelmeta().custom_metadata_map, str(path))
+        on_gpu = self.providers[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+        # Outputs come back as host arrays either way; the device only says where crops are made.
+        self.device = torch.device("cuda" if on_gpu and _gpu_visible() else "cpu")
+        self.path = path
+
+    def predict(self, crops: CropBatch, object_index: torch.Tensor, detection_index: torch.Tensor) -> torch.Tensor:
+        images = np.ascontiguousarray(crops.images.detach().to("cpu", torch.float32).numpy())
+        index = object_index.detach().to("cpu", torch.int64).numpy()
+        (out,) = self.session.run(["keypoints"], {"crops": images, "object_index": index})
+        return torch.from_numpy(out).to(self.device)
+
+
+class OracleKeypointPredictor:
+    """Keypoints projected from known poses: ``π(R, t)`` through the lens and into each crop.
+
+    The image keypoints are where the camera actually sees them (with lens distortion), mapped into
+    the crop by the crop window, so an :class:`Estimator` using it must undo both to recover the pose.
+
+    Args:
+        card: model card giving the objects and their 3D keypoints.
+        camera: the camera the frame comes from.
+        R: ``(D, 3, 3)`` model-to-camera rotations, one per detection of the frame.
+        t: ``(D, 3)`` translations in metres.
+    """
+
+    def __init__(self, card: ModelCard, camera: CameraModel, R: torch.Tensor, t: torch.Tensor) -> None:
+        check_shape(R, ("D", 3, 3), "R")
+        check_shape(t, ("D", 3), "t")
+        check_same_batch(("R", R), ("t", t))
+        self.card = card
+        self.camera = camera
+        self.device = torch.device("cpu")
+        self.R = R.double()
+        self.t = t.double()
+
+    def predict(self, crops: CropBatch, object_index: torch.Tensor, detection_index: torch.Tensor) -> torch.Tensor:
+        points = torch.as_tensor(self.card.keypoints_array)[object_index.cpu()]  # (B, K, 3)
+        cam = transform_points(points, self.R[detection_index.cpu()], self.t[detection_index.cpu()])
+        xy = cam[..., :2] / cam[..., 2:3]
+        D = self.camera.D_tensor(torch.float64).expand(xy.shape[0], -1)
+        xy = distort_points(xy, D)
+        K = self.camera.K_tensor(torch.float64)
+        uv = xy @ K[:2, :2].T + K[:2, 2]
+        A = crop_affine(crops.windows.detach().cpu().double(), self.card.crop_size)  # (B, 2, 3)
+        uv_crop = uv @ A[:, :, :2].transpose(1, 2) + A[:, None, :, 2]
+        return pixels_to_normalized(uv_crop, self.card.crop_size).float()
+
+
+def make_predictor(
+    model: Union[str, os.PathLike],
+    backend: str = "auto",
+    device: str = "auto",
+    providers: Optional[Sequence[str]] = None,
+    intra_op_threads: int = 0,
+) -> KeypointPredictor:
+    """Predictor for a model file.
+
+    Args:
+        model: a checkpoint (``save_model``, ``.pt``) or an ONNX file (``.onnx``).
+        backend: ``"torch"``, ``"onnxruntime"`` or ``"auto"`` (by file extension).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        providers: ONNX Runtime providers (overrides the choice by ``device``).
+        intra_op_threads: ONNX Runtime intra-op threads (0: its default).
+    """
+    path = Path(model)
+    if backend == "auto":
+        backend = "onnxruntime" if path.suffix.lower() == ".onnx" else "torch"
+    if backend == "onnxruntime":
+        return OnnxPredictor(path, device=device, providers=providers, intra_op_threads=intra_op_threads)
+    if backend == "torch":
+        if path.suffix.lower() == ".onnx":
+            raise ValueError(f"{path}: the torch backend needs a checkpoint (.pt), not an ONNX file")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return TorchPredictor.from_checkpoint(path, device)
+    raise ValueError(f"backend must be 'auto', 'torch' or 'onnxruntime', got {backend!r}")
