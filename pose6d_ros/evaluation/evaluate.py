@@ -1,11 +1,12 @@
 """Evaluate Φ on a BOP split: ADD(-S) recall, 2D projection recall, tables, BOP results CSV.
 
-Protocol (Sec. 4): GT boxes (``bbox_obj`` of ``scene_gt_info.json``) isolate pose quality (as the
-paper's Table 5); a pose is correct under ADD when the mean model-point distance is below 10% of
+Protocol (Sec. 4): GT visible boxes (``bbox_visib`` of ``scene_gt_info.json``, what a perfect
+detector gives) isolate pose quality (as the paper's Table 5); in scene ``k`` only the target object
+``k`` is evaluated (LINEMOD protocol). A pose is correct under ADD when the mean model-point distance is below 10% of
 the diameter (ADD-S, closest point, for symmetric objects), and under 2D projection when the mean
 reprojection error of the model points is below 5 px.
 
-    evaluate --model runs/x/model.pt --split data/lm-lite/test --registry data/lm-lite/registry.yaml
+    evaluate --model runs/x/model.pt --split data/lm-lite/test --registry data/lm-lite/objects.yaml
 """
 
 from __future__ import annotations
@@ -78,47 +79,28 @@ def predict_crops(model: torch.nn.Module, images: torch.Tensor, K_crop: torch.Te
     return solve_pnp(uv, kp3, K_crop.float()), h
 
 
-def predict_split(model: torch.nn.Module, dataset, object_index_of: Dict[int, int], keypoints_3d: torch.Tensor,
-                  crop_size: int, padding: float = 1.3, batch_size: int = 32,
+def predict_split(model: torch.nn.Module, crops, keypoints_3d: torch.Tensor, batch_size: int = 32,
                   device: torch.device | str = "cpu", limit: Optional[int] = None) -> List[InstancePrediction]:
-    """Predict every GT instance of a :class:`pose6d_ros.data.bop.BopDataset` from its GT box."""
-    from pose6d_ros.data.crops import bop_bbox_to_box, crop_detections
-
+    """Predict every item of a labelled :class:`pose6d_ros.training.build.TargetCrops` (no jitter)."""
     model = model.eval().to(device)
-    instances = [i for i in dataset.instances if i.obj_id in object_index_of]
-    if limit is not None:
-        instances = instances[:limit]
+    n = len(crops) if limit is None else min(limit, len(crops))
     out: List[InstancePrediction] = []
-    for start in range(0, len(instances), batch_size):
-        chunk = instances[start:start + batch_size]
-        crops, Ks, objs, meta = [], [], [], []
-        cache: Dict[tuple, torch.Tensor] = {}
-        for inst in chunk:
-            key = (inst.scene_id, inst.im_id)
-            if key not in cache:
-                cache[key] = torch.from_numpy(dataset.load_rgb(*key)).permute(2, 0, 1).float() / 255.0
-            cam = dataset.camera(*key)
-            K = torch.as_tensor(np.asarray(cam.K), dtype=torch.float32)
-            info = dataset.gt_info(inst)
-            if info is None:
-                raise FileNotFoundError(f"{dataset.split_path}: scene {inst.scene_id} has no scene_gt_info.json (GT boxes)")
-            box = bop_bbox_to_box(torch.tensor(info.bbox_obj, dtype=torch.float32))[None]
-            cb = crop_detections(cache[key], K, box, size=crop_size, padding=padding)
-            crops.append(cb.images)
-            Ks.append(cb.K)
-            objs.append(object_index_of[inst.obj_id])
-            gt = dataset.gt(inst)
-            meta.append((inst, gt, K.numpy()))
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(start + batch_size, n)))
+        b = crops.batch(idx, jitter=False)
+        if "R" not in b:
+            raise ValueError("predict_split: the split has no labels")
         t0 = time.perf_counter()
-        pnp, _ = predict_crops(model, torch.cat(crops).to(device), torch.cat(Ks).to(device),
-                               torch.tensor(objs, device=device), keypoints_3d.to(device))
-        dt = (time.perf_counter() - t0) / len(chunk)
-        for i, (inst, gt, K) in enumerate(meta):
+        pnp, _ = predict_crops(model, b["image"].to(device), b["K"].to(device), b["object_index"].to(device),
+                               keypoints_3d.to(device))
+        dt = (time.perf_counter() - t0) / len(idx)
+        for i in range(len(idx)):
+            sid, iid, oid = (int(v) for v in b["ids"][i])
             out.append(InstancePrediction(
-                scene_id=inst.scene_id, im_id=inst.im_id, obj_id=inst.obj_id,
+                scene_id=sid, im_id=iid, obj_id=oid,
                 R=pnp.R[i].cpu().double().numpy(), t=pnp.t[i].cpu().double().numpy(),
-                R_gt=np.asarray(gt.R, dtype=np.float64), t_gt=np.asarray(gt.t, dtype=np.float64).reshape(3),
-                K=K.astype(np.float64), failed=bool(pnp.failed[i]), time=dt))
+                R_gt=b["R"][i].double().numpy(), t_gt=b["t"][i].double().numpy(),
+                K=b["K_full"][i].double().numpy(), failed=bool(pnp.failed[i]), time=dt))
     return out
 
 
@@ -172,7 +154,6 @@ def write_outputs(table: RecallTable, preds: Sequence[InstancePrediction], out_d
 
 def main(argv: Optional[Sequence[str]] = None) -> RecallTable:
     """Console script ``evaluate``."""
-    from pose6d_ros.data.bop import BopDataset
     from pose6d_ros.models import load_model
     from pose6d_ros.registry import ObjectRegistry
 
@@ -187,14 +168,16 @@ def main(argv: Optional[Sequence[str]] = None) -> RecallTable:
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from pose6d_ros.training.build import RunObjects, TargetCrops, items_from_split
+
     model, card = load_model(a.model, map_location=a.device)
     reg_path = Path(a.registry)
     registry = ObjectRegistry.from_bop_models_info(reg_path) if reg_path.suffix == ".json" else ObjectRegistry.from_yaml(reg_path)
+    objects = RunObjects(registry, list(card.object_ids))
     ids = a.objects or list(card.object_ids)
-    index_of = {int(o): card.object_ids.index(int(o)) for o in ids}
-    ds = BopDataset(a.split, obj_ids=ids)
-    preds = predict_split(model, ds, index_of, torch.from_numpy(card.keypoints_array).float(), card.crop_size,
-                          a.padding, device=a.device, limit=a.limit)
+    crops = TargetCrops(a.split, items_from_split(a.split, ids), objects, card.crop_size, padding=a.padding)
+    preds = predict_split(model, crops, torch.from_numpy(card.keypoints_array).float(), device=a.device,
+                          limit=a.limit)
     table = score_predictions(preds, registry)
     print(format_markdown(table, f"{Path(a.model).name} on {a.split}"))
     if a.out:

@@ -21,11 +21,13 @@ DEFAULTS: Dict[str, Any] = {
     "device": "auto",  # auto | cpu | cuda
     "amp": True,  # used on CUDA only
     "data": {
-        "root": "data/lm-lite",  # BOP-format target-domain suite (python -m pose6d_ros.data.build)
+        "root": "data/lm-lite",  # target-domain suite (python -m pose6d_ros.data.build): train/ train_gt/ diag/ test/
+        "suite": "lm-lite",  # registry of the suite's objects (pose6d_ros.data.suites), unless `registry`
+        "registry": None,  # path to a registry YAML or BOP models_info.json
         "objects": None,  # list of object ids; None = all in the suite
         "crop_size": 64,
         "synthetic_per_object": 2000,  # source-domain crops (data/synthetic.py)
-        "diag_per_object": 32,  # labelled target crops for diagnostics only (never a loss)
+        "diag_per_object": 32,  # crops of diag/ per object, for drift monitoring only (never a loss)
         "batch_size": 16,
         "synthetic_batch_size": 16,
         "num_workers": 0,
@@ -42,7 +44,8 @@ DEFAULTS: Dict[str, Any] = {
     },
     "init": {
         "checkpoint": None,  # synthetic-trained Φ to start from
-        "freeze_early_steps": 0,  # steps with early layers frozen before all layers train
+        "freeze_early_stages": 0,  # backbone stages frozen at the start (Sec. 4: "early layers are frozen")
+        "freeze_early_steps": 0,  # ... for this many steps, then all layers train
         "freeze_bn": True,
     },
     "selfsup": {
@@ -55,7 +58,9 @@ DEFAULTS: Dict[str, Any] = {
         "use_percep": True,
         "use_mask": True,  # False = x_m is the raw crop (ablation "no masking")
         "use_occlusion": True,
-        "occlusion": {"prob": 0.5, "max_patches": 2, "min_frac": 0.1, "max_frac": 0.4},
+        "occlusion_patches": {"min_patches": 0, "max_patches": 3, "min_size": 0.1, "max_size": 0.4},
+        "render": {"max_faces": 2000, "sigma": 0.7},  # in-loop soft renderer (mesh decimated above max_faces)
+        "fuse_forward": True,  # h2, h3 and Φ(x_g) in one forward pass
         "background": "constant",  # constant | noise: b in M(x, m)
         "background_value": 0.5,
         "grad_through_mask": True,  # L_pose/L_pose2 reach y1 through m1
@@ -66,11 +71,13 @@ DEFAULTS: Dict[str, Any] = {
         "reject_failed_pnp": True,
         "depth_range": [0.1, 3.0],  # metres; y1 outside = rejected sample
         "max_reproj_error_px": 10.0,  # PnP residual above this = rejected sample
-        "perceptual": {"vgg_weights": None, "vgg_layers": [3, 8, 15], "phi_layers": None},
+        "ema_final": False,  # save the EMA teacher instead of the student at the end
+        "perceptual": {"vgg_weights": None, "vgg_layers": [3, 8, 15], "phi_layers": 2},
     },
     "log": {"period": 20, "image_period": 200, "tensorboard": True, "progress": True},
     "checkpoint": {"period": 200, "keep_last": True},
-    "eval": {"period": 0},  # diagnostic-split evaluation period (0 = only at the end)
+    "supervised": {"source": "synthetic", "color_aug": True},  # synthetic | real (upper bound)
+    "eval": {"period": 0, "final_test": False, "test_limit": None},  # diag period (0 = start/end only)
 }
 
 
@@ -93,6 +100,11 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> Dict[st
             raise ValueError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw) if raw != "" else None
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:

@@ -1,0 +1,122 @@
+"""What both entry scripts share: device, seeds, hooks, the loop, the final model and test table."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+import torch
+import yaml
+
+from pose6d_ros.training import distributed as du
+from pose6d_ros.training.build import (RunObjects, TargetCrops, build_model, build_objects, build_optimizer,
+                                       diagnostic_eval, items_from_detections, items_from_split, save_run_model)
+from pose6d_ros.training.config import get
+from pose6d_ros.training.trainer import (CheckpointHook, EMAHook, EvalHook, LambdaHook, LoggerHook, StepOutput,
+                                         Trainer)
+
+__all__ = ["Run", "prepare", "finish"]
+
+log = logging.getLogger("pose6d_ros.training")
+
+
+class Run:
+    """The pieces of a run before the step function is attached."""
+
+    def __init__(self, cfg: Dict[str, Any]) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        self.cfg = cfg
+        seed = int(get(cfg, "seed", 0))
+        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        self.device = du.resolve_device(get(cfg, "device", "auto"))
+        du.init_distributed(self.device)
+        self.out = Path(get(cfg, "output_dir"))
+        if du.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        self.objects: RunObjects = build_objects(cfg)
+        self.model = build_model(cfg, self.objects, self.device)
+        du.broadcast_parameters(self.model)
+        self.optimizer, self.scheduler = build_optimizer(cfg, self.model)
+        S = int(get(cfg, "data.crop_size"))
+        self.root = Path(get(cfg, "data.root"))
+        self.train_split = self.root / "train"
+        self.test_split = self.root / "test"
+        self.diag: Optional[Dict[str, torch.Tensor]] = None
+        diag_split = self.root / "diag"
+        n_diag = int(get(cfg, "data.diag_per_object", 0))
+        if n_diag > 0 and diag_split.is_dir():
+            items = items_from_split(diag_split, self.objects.ids)
+            per: Dict[int, int] = {}
+            keep = []
+            for it in items:  # the first n_diag targets of each object
+                if per.get(it.obj_id, 0) < n_diag:
+                    keep.append(it)
+                    per[it.obj_id] = per.get(it.obj_id, 0) + 1
+            if keep:
+                self.diag = TargetCrops(diag_split, keep, self.objects, S).batch(range(len(keep)), jitter=False)
+
+    def target_crops(self, labelled: bool) -> TargetCrops:
+        """Training crops of the target domain: unlabeled (self-supervised) or with the withheld
+        ``train_gt`` labels (the real-label upper bound)."""
+        S = int(get(self.cfg, "data.crop_size"))
+        jit = get(self.cfg, "data.box_jitter")
+        jitter = (float(jit["shift"]), float(jit["scale"])) if jit else None
+        if labelled:
+            items = items_from_split(self.root / "train_gt", self.objects.ids)
+        else:
+            items = items_from_detections(self.root / "train_detections.json", self.objects.ids)
+        return TargetCrops(self.train_split, items, self.objects, S, jitter=jitter)
+
+    def trainer(self, step_fn: Callable[[Trainer, Any], StepOutput], batches, extra_hooks=()) -> Trainer:
+        cfg = self.cfg
+        hooks = list(extra_hooks)
+        n_frozen, frozen_steps = int(get(cfg, "init.freeze_early_stages", 0)), int(get(cfg, "init.freeze_early_steps", 0))
+        if n_frozen > 0 and frozen_steps > 0:
+            self.model.freeze_early(n_frozen)
+
+            def unfreeze(t: Trainer) -> None:
+                if t.step >= frozen_steps:
+                    t.model.freeze_early(0)
+
+            hooks.append(LambdaHook(unfreeze))
+        if self.diag is not None:
+            diag, objects = self.diag, self.objects
+            hooks.append(EvalHook(int(get(cfg, "eval.period", 0)), lambda t: diagnostic_eval(t.model, diag, objects)))
+        hooks.append(EMAHook())
+        hooks.append(CheckpointHook(int(get(cfg, "checkpoint.period", 200))))
+        hooks.append(LoggerHook(int(get(cfg, "log.period", 20)), int(get(cfg, "log.image_period", 200)),
+                                bool(get(cfg, "log.tensorboard", True)), bool(get(cfg, "log.progress", True))))
+        return Trainer(model=self.model, step_fn=step_fn, batches=batches, optimizer=self.optimizer,
+                       scheduler=self.scheduler, max_steps=int(get(cfg, "optim.max_steps")), device=self.device,
+                       hooks=hooks, amp=bool(get(cfg, "amp", True)), grad_clip=float(get(cfg, "optim.grad_clip", 0)),
+                       seed=int(get(cfg, "seed", 0)), output_dir=self.out, config=cfg)
+
+    def finish(self, trainer: Trainer, kind: str) -> Optional[Dict[str, Any]]:
+        """Save ``model.pt`` and, when ``eval.final_test``, print the test table."""
+        if trainer.step < trainer.max_steps or not du.is_main():
+            return None
+        if trainer.step == trainer.max_steps and trainer.state.get("teacher") is not None \
+                and get(self.cfg, "selfsup.ema_final", False):
+            trainer.model.load_state_dict(trainer.state["teacher"].module.state_dict())
+        path = save_run_model(self.out / "model.pt", trainer.model, self.objects,
+                              {"kind": kind, "steps": trainer.step, "output_dir": str(self.out)})
+        log.info("wrote %s", path)
+        result: Dict[str, Any] = {"model": str(path), "diag": trainer.state.get("eval", [])}
+        if get(self.cfg, "eval.final_test", False) and self.test_split.is_dir():
+            from pose6d_ros.evaluation.evaluate import predict_split, score_predictions, write_outputs
+            from pose6d_ros.evaluation.tables import format_markdown
+
+            crops = TargetCrops(self.test_split, items_from_split(self.test_split, self.objects.ids), self.objects,
+                                int(get(self.cfg, "data.crop_size")))
+            preds = predict_split(trainer.model, crops, self.objects.keypoints, device=self.device,
+                                  limit=get(self.cfg, "eval.test_limit"))
+            table = score_predictions(preds, self.objects.registry)
+            write_outputs(table, preds, self.out / "eval")
+            print(format_markdown(table, f"{kind} on {self.test_split}"), flush=True)
+            result["table"] = table
+        du.cleanup()
+        return result

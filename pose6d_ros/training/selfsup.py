@@ -1,0 +1,110 @@
+"""Self-supervised training of Φ on unlabeled target images (Sec. 3.2; method.md steps 1-10).
+
+    train_selfsup -c training/selfsup_lm_lite.yaml --set init.checkpoint=runs/synthetic/model.pt [--resume]
+
+Each step takes a batch of unlabeled real crops (boxes jittered) and a batch of labelled synthetic
+crops, and runs :class:`pose6d_ros.training.selfsup_step.SelfSupStep`: Φ -> differentiable PnP ->
+soft renderer -> silhouette masking -> Φ on the masked real and rendered crops -> Eq. 1-3.
+Φ starts from a synthetic-trained checkpoint with early layers frozen for
+``init.freeze_early_steps`` steps, then all layers train. A small labelled diagnostic split is
+evaluated every ``eval.period`` steps (logged only; never a loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+from pose6d_ros.training.build import RunObjects, SyntheticSource
+from pose6d_ros.training.config import add_common_args, config_from_args, get
+from pose6d_ros.training.perceptual import build_perceptual
+from pose6d_ros.training.runner import Run
+from pose6d_ros.training.selfsup_step import SelfSupSettings, SelfSupStep
+from pose6d_ros.training.trainer import EMATeacher, StepSampler
+
+__all__ = ["build_renderer", "build_step", "train", "main"]
+
+log = logging.getLogger("pose6d_ros.training")
+
+
+def build_renderer(objects: RunObjects, cfg: Dict[str, Any], device: torch.device):
+    """``render_fn`` over the run's meshes (model-row order), composited over black."""
+    from pose6d_ros.rendering.mesh import Mesh, decimate, pack_meshes
+    from pose6d_ros.rendering.renderer import RenderSettings, render
+
+    max_faces = int(get(cfg, "selfsup.render.max_faces", 0) or 0)
+    meshes = []
+    for oid in objects.ids:
+        o = objects.registry.get(oid)
+        tm = o.load_mesh()
+        m = Mesh.from_arrays(np.asarray(tm.vertices, np.float32), np.asarray(tm.faces),
+                             np.asarray(tm.visual.vertex_colors)[:, :3] / 255.0, name=o.name)
+        if max_faces and m.num_faces > max_faces:
+            m = decimate(m, max_faces)
+        meshes.append(m)
+    batch = pack_meshes(meshes, device=device)
+    settings = RenderSettings(sigma=float(get(cfg, "selfsup.render.sigma", 0.7)), background=(0.0, 0.0, 0.0))
+
+    def render_fn(object_index, R, t, K, size):
+        return render(batch, object_index, R, t, K, (size, size), settings)
+
+    return render_fn
+
+
+def build_step(cfg: Dict[str, Any], objects: RunObjects, model: torch.nn.Module, device: torch.device) -> SelfSupStep:
+    from pose6d_ros.data.augment import OcclusionConfig, occlusion_masks
+    from pose6d_ros.geometry.pnp import solve_pnp
+
+    scfg = dict(get(cfg, "selfsup"))
+    settings = SelfSupSettings.from_config(scfg)
+    occ_cfg = OcclusionConfig(**(get(cfg, "selfsup.occlusion_patches", {}) or {}))
+
+    def occlusion_fn(B: int, S: int, dev: torch.device) -> torch.Tensor:
+        return occlusion_masks(B, S, S, occ_cfg, like=torch.empty(0, device=dev))
+
+    perceptual = build_perceptual(scfg.get("perceptual", {}), model).to(device) if settings.use_percep else None
+    return SelfSupStep(settings=settings, keypoints_3d=objects.keypoints.to(device),
+                       render_fn=build_renderer(objects, cfg, device), pnp_fn=solve_pnp,
+                       perceptual=perceptual, occlusion_fn=occlusion_fn)
+
+
+def train(cfg: Dict[str, Any], resume: bool = False) -> Optional[Dict[str, Any]]:
+    run = Run(cfg)
+    seed = int(get(cfg, "seed", 0))
+    real = run.target_crops(labelled=False)
+    sampler = StepSampler(len(real), int(get(cfg, "data.batch_size")), seed)
+    use_syn = bool(get(cfg, "selfsup.use_sup_synthetic", True))
+    syn = SyntheticSource(cfg, run.objects, int(get(cfg, "data.synthetic_batch_size")), seed + 1) if use_syn else None
+
+    def batches(step: int, rank: int = 0, world: int = 1) -> Dict[str, Any]:
+        b = {"real": real.batch(sampler.indices(step, rank, world), with_labels=False)}
+        if syn is not None:
+            b["synthetic"] = syn(step, rank, world)
+        return b
+
+    step_fn = build_step(cfg, run.objects, run.model, run.device)
+    trainer = run.trainer(step_fn, batches)
+    decay = float(get(cfg, "selfsup.ema_teacher", 0.0) or 0.0)
+    if decay > 0:
+        trainer.state["teacher"] = EMATeacher(run.model, decay)
+    log.info("self-supervised: %d unlabeled crops, %d objects, perceptual=%s", len(real), len(run.objects.ids),
+             getattr(step_fn.perceptual, "name", None))
+    if resume:
+        trainer.resume()
+    trainer.train()
+    return run.finish(trainer, "selfsup")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:
+    """Console script ``train_selfsup``."""
+    ap = add_common_args(argparse.ArgumentParser(prog="train_selfsup", description=__doc__.split("\n")[0]))
+    args = ap.parse_args(argv)
+    return train(config_from_args(args), resume=args.resume)
+
+
+if __name__ == "__main__":
+    main()
