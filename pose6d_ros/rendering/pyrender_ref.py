@@ -67,7 +67,8 @@ class Light:
             headlight).
         position: where the light is (point, spot), camera frame.
         inner_cone_angle, outer_cone_angle: spot cone, radians.
-        shadows: cast shadows from this light (pyrender supports them for all three kinds).
+        shadows: cast shadows from this light (pyrender implements them for directional and spot
+            lights only).
     """
 
     kind: str = "directional"
@@ -82,6 +83,8 @@ class Light:
     def __post_init__(self) -> None:
         if self.kind not in ("directional", "point", "spot"):
             raise ValueError(f"Light.kind: expected directional/point/spot, got {self.kind!r}")
+        if self.kind == "point" and self.shadows:
+            raise ValueError("Light.shadows: pyrender has no shadows for point lights; use a spot light")
 
 
 @dataclass(frozen=True)
@@ -315,8 +318,8 @@ class PyrenderReference:
             copies[i] = c + 1
             used[(i, c)] = k
         seg_map = {}
-        for k, i in enumerate(ids):
-            self._node(i, copies[i] - 1)  # make sure the pool has enough copies
+        for key in used:
+            self._node(*key)  # make sure the pool holds every copy this frame needs
         for key, (node, pm, seg_node, both) in self._pool.items():
             k = used.get(key)
             pm.is_visible = k is not None
