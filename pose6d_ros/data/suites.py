@@ -3,7 +3,7 @@
 Each object is re-centred on its tight box (the model origin is the box centre), scaled to a fixed
 diameter between 5 and 25 cm, and coloured so that its pose is observable from its own appearance:
 the duck keeps its texture; untextured asymmetric meshes get per-region colours; symmetric meshes
-(torus, cone, tray) get colour bands that respect their declared symmetry, so the registry's
+(torus, traffic cone, tray) get colour bands that respect their declared symmetry, so the registry's
 symmetries stay true of the rendered object. The registries are written to
 ``config/objects_lm_lite.yaml`` and ``config/objects_tless_lite.yaml`` by
 ``python -m pose6d_ros.data.suites`` (deterministic; no absolute paths).
@@ -62,7 +62,8 @@ def _bands(seed: int, n: int = 4) -> dict:
 
 
 _TORUS = SuiteObject("torus", PYBULLET_SCHEME + "torus/torus_textured.obj", 0.14, _bands(4), "continuous:y")
-_CONE = SuiteObject("cone", PYBULLET_SCHEME + "racecar/meshes/cone.obj", 0.15, _bands(8), "continuous:z")
+# A 12-sided pyramid on a square plate: only the square's 4-fold symmetry is exact.
+_CONE = SuiteObject("cone", PYBULLET_SCHEME + "racecar/meshes/cone.obj", 0.15, _bands(8), "discrete4:z")
 _TRAY = SuiteObject("tray", PYBULLET_SCHEME + "tray/tray_textured.obj", 0.22, _bands(9, 3), "discrete4:z")
 
 SUITES: dict[str, list[SuiteObject]] = {
