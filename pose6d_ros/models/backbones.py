@@ -12,6 +12,7 @@ from typing import Callable, Dict
 import torch
 import torchvision
 from torch import nn
+from torchvision.models.vgg import cfgs, make_layers
 
 from pose6d_ros._checks import check_shape
 
@@ -107,7 +108,13 @@ def vgg16(*, small_input: bool = False) -> Backbone:
     """The paper-faithful BB8 trunk: VGG-16's 13 conv layers, ending at conv5_3 + ReLU (512
     channels). The final max-pool is left out so CIN sees conv5_3 directly (stride 16); with
     ``small_input`` the first max-pool is left out too (stride 8)."""
-    feats = list(torchvision.models.vgg16(weights=None).features)
+    # Only the conv trunk: building the whole VGG-16 would initialise 120M classifier weights for nothing.
+    # Initialised as torchvision's VGG does (Kaiming fan-out, zero bias).
+    feats = list(make_layers(cfgs["D"], batch_norm=False))
+    for m in feats:
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
     blocks, current = [], []
     for layer in feats:
         if isinstance(layer, nn.MaxPool2d):

@@ -38,8 +38,8 @@ def _card_and_registry(n: int = 3, crop_size: int = 64):
 
 @pytest.mark.parametrize("conditioning", ["cin", "onehot", "multi"])
 def test_mixed_class_batch_equals_each_class_alone(conditioning):
-    net = _perturbed(PoseNet(num_objects=3, crop_size=64, conditioning=conditioning))
-    images = torch.rand(5, 3, 64, 64)
+    net = _perturbed(PoseNet(num_objects=3, crop_size=32, conditioning=conditioning))
+    images = torch.rand(5, 3, 32, 32)
     idx = torch.tensor([2, 0, 1, 2, 0])
     with torch.no_grad():
         together = net(images, idx)
@@ -52,8 +52,8 @@ def test_mixed_class_batch_equals_each_class_alone(conditioning):
 
 
 def test_multi_head_selects_the_samples_own_block():
-    net = _perturbed(PoseNet(num_objects=4, num_keypoints=8, crop_size=64, conditioning="multi"))
-    images = torch.rand(3, 3, 64, 64)
+    net = _perturbed(PoseNet(num_objects=4, num_keypoints=8, crop_size=32, conditioning="multi"))
+    images = torch.rand(3, 3, 32, 32)
     idx = torch.tensor([3, 0, 2])
     with torch.no_grad():
         out = net(images, idx)
@@ -94,11 +94,11 @@ def test_small_crops_do_not_end_on_2x2():
 
 @pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v3_small"])
 def test_freeze_early_stops_gradients(backbone):
-    net = PoseNet(backbone=backbone, num_objects=2, crop_size=64)
+    net = PoseNet(backbone=backbone, num_objects=2, crop_size=32)
     net.freeze_early(2)
     before = [p.detach().clone() for p in net.backbone.stages[0].parameters()]
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
-    net(torch.rand(2, 3, 64, 64), torch.tensor([0, 1])).square().sum().backward()
+    net(torch.rand(2, 3, 32, 32), torch.tensor([0, 1])).square().sum().backward()
     for stage in net.backbone.stages[:2]:
         assert all(p.grad is None for p in stage.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.backbone.stages[2].parameters())
@@ -110,16 +110,16 @@ def test_freeze_early_stops_gradients(backbone):
 
 
 def test_freeze_bn_keeps_running_statistics():
-    net = PoseNet(num_objects=1, crop_size=64)
+    net = PoseNet(num_objects=1, crop_size=32)
     bn = net.backbone.stages[0][1]
     net.freeze_bn()
     net.train()
     mean0 = bn.running_mean.clone()
-    net(torch.rand(2, 3, 64, 64) * 5, torch.tensor([0, 0])).sum().backward()
+    net(torch.rand(2, 3, 32, 32) * 5, torch.tensor([0, 0])).sum().backward()
     assert not bn.training and torch.equal(bn.running_mean, mean0)
     assert bn.weight.grad is not None  # affine BN parameters still learn
     net.freeze_bn(False)
-    net(torch.rand(2, 3, 64, 64) * 5, torch.tensor([0, 0]))
+    net(torch.rand(2, 3, 32, 32) * 5, torch.tensor([0, 0]))
     assert bn.training and not torch.equal(bn.running_mean, mean0)
 
 
@@ -133,7 +133,7 @@ def test_from_config_and_errors():
     with pytest.raises(ValueError, match="conditioning"):
         PoseNet(conditioning="film")
     with pytest.raises(ValueError, match="images"):
-        net(torch.rand(1, 3, 32, 32), torch.tensor([0]))
+        net(torch.rand(1, 3, 48, 48), torch.tensor([0]))
 
 
 def test_save_load_round_trip(tmp_path):
