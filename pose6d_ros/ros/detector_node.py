@@ -1,0 +1,134 @@
+"""The 2D detector node: sensor_msgs/Image -> vision_msgs/Detection2DArray (class_id = object name).
+
+Each detection array carries its image's header, so the estimator node pairs them by exact stamp.
+A bad image (unsupported encoding, wrong size) is skipped with a throttled warning; the node never
+dies on input. A missing model, or one trained on objects outside the registry, stops it at
+start-up with a clear error and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, fields
+from typing import Any, Dict
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from vision_msgs.msg import Detection2DArray
+
+from pose6d_ros.detection.infer import Detector
+from pose6d_ros.detection.model import DetectorCheckpointError
+from pose6d_ros.registry import ObjectRegistry, RegistryError
+from pose6d_ros.ros import conversions as conv
+from pose6d_ros.ros.estimator_node import ThrottledWarnings
+from pose6d_ros.ros.params import ParameterError, ParamSpec
+
+DETECTOR_PARAMS: Dict[str, ParamSpec] = {
+    "model": ParamSpec("", "Path to the detector checkpoint (.pt) written by train_detector"),
+    "objects": ParamSpec("", "Path to the object registry YAML the detector was trained on"),
+    "device": ParamSpec("cpu", "Inference device", choices=("cpu", "cuda")),
+    "image_topic": ParamSpec("/camera/image_raw", "sensor_msgs/Image input"),
+    "detections_topic": ParamSpec("/detections", "vision_msgs/Detection2DArray output"),
+    "min_score": ParamSpec(0.5, "Detections scoring below this are not published", range=(0.0, 1.0)),
+    "qos_depth": ParamSpec(5, "History depth of the subscription and the publisher", range=(1, 1000)),
+    "qos_reliability": ParamSpec("reliable", "Subscription reliability", choices=("reliable", "best_effort")),
+    "warn_throttle_s": ParamSpec(5.0, "Minimum seconds between two warnings of the same kind", range=(0.0, 3600.0)),
+}
+
+
+@dataclass(frozen=True)
+class DetectorParams:
+    model: str
+    objects: str
+    device: str
+    image_topic: str
+    detections_topic: str
+    min_score: float
+    qos_depth: int
+    qos_reliability: str
+    warn_throttle_s: float
+
+
+def validate_detector_params(values: Dict[str, Any]) -> DetectorParams:
+    """Check every value against :data:`DETECTOR_PARAMS`; ``ParameterError`` names the parameter."""
+    unknown = sorted(set(values) - set(DETECTOR_PARAMS))
+    if unknown:
+        raise ParameterError(f"unknown parameter(s): {unknown}")
+    out: Dict[str, Any] = {}
+    for name, spec in DETECTOR_PARAMS.items():
+        value = values.get(name, spec.default)
+        kind = type(spec.default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ParameterError(f"parameter '{name}': expected {kind.__name__}, got {value!r}")
+        if spec.choices is not None and value not in spec.choices:
+            raise ParameterError(f"parameter '{name}': {value!r} is not one of {list(spec.choices)}")
+        if spec.range is not None and not (spec.range[0] <= value <= spec.range[1]):
+            raise ParameterError(f"parameter '{name}': {value!r} is outside [{spec.range[0]}, {spec.range[1]}]")
+        out[name] = value
+    for name in ("model", "objects"):
+        if not out[name]:
+            raise ParameterError(f"parameter '{name}': a path is required")
+    return DetectorParams(**{f.name: out[f.name] for f in fields(DetectorParams)})
+
+
+class DetectorNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("pose6d_detector", **kwargs)
+        for name, spec in DETECTOR_PARAMS.items():
+            self.declare_parameter(name, spec.default, ParameterDescriptor(description=spec.description))
+        p = self.params = validate_detector_params({n: self.get_parameter(n).value for n in DETECTOR_PARAMS})
+        self.registry = ObjectRegistry.from_yaml(p.objects)
+        self.detector = Detector.from_file(p.model, p.device, min_score=p.min_score,
+                                           expect_names=self.registry.names)
+        self.warnings = ThrottledWarnings(self.get_logger(), p.warn_throttle_s)
+        self.frames_processed = 0
+        reliability = ReliabilityPolicy.RELIABLE if p.qos_reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
+        self.create_subscription(Image, p.image_topic, self._on_image, QoSProfile(depth=p.qos_depth,
+                                                                                  reliability=reliability))
+        self.pub = self.create_publisher(Detection2DArray, p.detections_topic, p.qos_depth)
+        self.get_logger().info(f"detector ready: model={p.model} ({self.detector.spec.arch}) device={p.device} "
+                               f"classes={list(self.detector.names)}; {p.image_topic} -> {p.detections_topic}")
+
+    def _on_image(self, msg: Image) -> None:
+        try:
+            rgb = conv.image_to_rgb(msg)
+            found = self.detector.detect(rgb)
+        except conv.MessageError as e:
+            self.warnings.warn("bad_image", f"{e}; image skipped")
+            return
+        except Exception as e:  # noqa: BLE001 - the node must survive any input
+            self.warnings.warn("internal_error", f"{type(e).__name__}: {e}; image skipped")
+            return
+        dets = [conv.Detection(d.class_id, d.score, d.box, f"{d.class_id}_{k}") for k, d in enumerate(found)]
+        self.pub.publish(conv.detection2d_array_msg(msg.header, dets))
+        self.frames_processed += 1
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = DetectorNode()
+        rclpy.spin(node)
+    except (ParameterError, DetectorCheckpointError, RegistryError, FileNotFoundError) as e:
+        print(f"pose6d_detector: {e}", file=sys.stderr)
+        code = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
