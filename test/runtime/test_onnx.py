@@ -99,7 +99,8 @@ def test_foreign_onnx_file_is_refused(tmp_path):
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "plain",
                               [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "plain.onnx"))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              str(tmp_path / "plain.onnx"))
     with pytest.raises(ValueError, match="plain.onnx: no pose6d_ros model card"):
         OnnxPredictor(tmp_path / "plain.onnx", device="cpu")
     with pytest.raises(FileNotFoundError, match="nope.onnx"):
