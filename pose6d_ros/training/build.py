@@ -99,28 +99,60 @@ def build_optimizer(cfg: Dict[str, Any], model: torch.nn.Module):
 
 
 class SyntheticSource:
-    """Labelled source-domain batches (``data.synthetic.SyntheticCrops``), a function of the step."""
+    """Labelled source-domain batches (``data.synthetic.SyntheticCrops``), a function of the step.
+
+    Sample ``i`` of the pool is deterministic, so with ``cache`` every crop is rendered once (on
+    first use) and kept as uint8; colour augmentation is drawn fresh each step on top.
+    """
 
     def __init__(self, cfg: Dict[str, Any], objects: RunObjects, batch_size: int, seed: int,
-                 color_aug: bool = True) -> None:
+                 color_aug: bool = True, cache: Optional[bool] = None) -> None:
         from pose6d_ros.data.synthetic import SyntheticConfig, SyntheticCrops
 
         n = int(get(cfg, "data.synthetic_per_object")) * len(objects.ids)
-        scfg = SyntheticConfig(size=int(get(cfg, "data.crop_size")), object_ids=objects.ids)
+        S = int(get(cfg, "data.crop_size"))
+        scfg = SyntheticConfig(size=S, object_ids=objects.ids)
         self.ds = SyntheticCrops(objects.registry, n, scfg, seed=seed)
         self.sampler = StepSampler(n, batch_size, seed=seed)
         self.lut = objects.row_lookup()
         self.color_aug = color_aug
+        self.cache = bool(get(cfg, "data.synthetic_cache", True)) if cache is None else cache
+        if self.cache:
+            K = objects.keypoints.shape[1]
+            self._img = torch.zeros(n, 3, S, S, dtype=torch.uint8)
+            self._kp = torch.zeros(n, K, 2)
+            self._K = torch.zeros(n, 3, 3)
+            self._obj = torch.zeros(n, dtype=torch.long)
+            self._have = torch.zeros(n, dtype=torch.bool)
+
+    CHUNK = 32
+
+    def _fetch(self, idx: List[int]) -> Dict[str, torch.Tensor]:
+        if not self.cache:
+            b = self.ds.batch(idx)
+            return {"image": b["image"], "keypoints": b["keypoints"], "object_index": self.lut[b["obj_index"]],
+                    "K": b["K_crop"]}
+        ix = torch.tensor(idx)
+        # render whole fixed chunks: SyntheticCrops draws lighting/backgrounds per call, so a crop's
+        # content must not depend on which batch first asked for it (exact resume)
+        chunks = sorted({i // self.CHUNK for i in idx if not bool(self._have[i])})
+        for c in chunks:
+            todo = list(range(c * self.CHUNK, min(len(self._have), (c + 1) * self.CHUNK)))
+            b = self.ds.batch(todo)
+            t = torch.tensor(todo)
+            self._img[t] = (b["image"].clamp(0, 1) * 255).round().to(torch.uint8)
+            self._kp[t], self._K[t], self._obj[t] = b["keypoints"], b["K_crop"], self.lut[b["obj_index"]]
+            self._have[t] = True
+        return {"image": self._img[ix].float() / 255.0, "keypoints": self._kp[ix], "object_index": self._obj[ix],
+                "K": self._K[ix]}
 
     def __call__(self, step: int, rank: int = 0, world: int = 1) -> Dict[str, torch.Tensor]:
         from pose6d_ros.data.augment import color_augment
 
-        b = self.ds.batch(self.sampler.indices(step, rank, world))
-        img = b["image"]
+        b = self._fetch(self.sampler.indices(step, rank, world))
         if self.color_aug:  # the trainer seeds torch's global RNG per step, so this replays on resume
-            img = color_augment(img)
-        return {"image": img, "keypoints": b["keypoints"], "object_index": self.lut[b["obj_index"]],
-                "K": b["K_crop"], "R": b["R"], "t": b["t"]}
+            b["image"] = color_augment(b["image"])
+        return b
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ DEFAULTS: Dict[str, Any] = {
         "objects": None,  # list of object ids; None = all in the suite
         "crop_size": 64,
         "synthetic_per_object": 2000,  # source-domain crops (data/synthetic.py)
+        "synthetic_cache": True,  # render each synthetic crop once, keep it (uint8) in memory
         "diag_per_object": 32,  # crops of diag/ per object, for drift monitoring only (never a loss)
         "batch_size": 16,
         "synthetic_batch_size": 16,
@@ -43,7 +44,8 @@ DEFAULTS: Dict[str, Any] = {
         "grad_clip": 1.0,  # max global grad norm; 0 = off
     },
     "init": {
-        "checkpoint": None,  # synthetic-trained Φ to start from
+        "checkpoint": None,  # synthetic-trained Φ to start from (pose6d_ros.models.save_model file)
+        "synthetic": {"steps": 0, "lr": 1e-3, "lr_steps": [], "final_test": False},  # train it first if no checkpoint
         "freeze_early_stages": 0,  # backbone stages frozen at the start (Sec. 4: "early layers are frozen")
         "freeze_early_steps": 0,  # ... for this many steps, then all layers train
         "freeze_bn": True,

@@ -97,7 +97,11 @@ class Run:
 
     def finish(self, trainer: Trainer, kind: str) -> Optional[Dict[str, Any]]:
         """Save ``model.pt`` and, when ``eval.final_test``, print the test table."""
-        if trainer.step < trainer.max_steps or not du.is_main():
+        if trainer.step < trainer.max_steps:
+            return None
+        if du.is_distributed():
+            torch.distributed.barrier()
+        if not du.is_main():
             return None
         if trainer.step == trainer.max_steps and trainer.state.get("teacher") is not None \
                 and get(self.cfg, "selfsup.ema_final", False):
@@ -118,5 +122,4 @@ class Run:
             write_outputs(table, preds, self.out / "eval")
             print(format_markdown(table, f"{kind} on {self.test_split}"), flush=True)
             result["table"] = table
-        du.cleanup()
         return result

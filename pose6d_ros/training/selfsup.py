@@ -19,8 +19,9 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 import torch
 
+from pose6d_ros.training import distributed as du
 from pose6d_ros.training.build import RunObjects, SyntheticSource
-from pose6d_ros.training.config import add_common_args, config_from_args, get
+from pose6d_ros.training.config import add_common_args, config_from_args, get, merge
 from pose6d_ros.training.perceptual import build_perceptual
 from pose6d_ros.training.runner import Run
 from pose6d_ros.training.selfsup_step import SelfSupSettings, SelfSupStep
@@ -72,7 +73,32 @@ def build_step(cfg: Dict[str, Any], objects: RunObjects, model: torch.nn.Module,
                        perceptual=perceptual, occlusion_fn=occlusion_fn)
 
 
+def pretrain_synthetic(cfg: Dict[str, Any], resume: bool = False) -> Dict[str, Any]:
+    """When ``init.checkpoint`` is empty and ``init.synthetic.steps > 0``: train the synthetic-only
+    init first (into ``output_dir/synthetic``) and return ``cfg`` pointing at it."""
+    from pathlib import Path
+
+    from pose6d_ros.training import supervised
+
+    steps = int(get(cfg, "init.synthetic.steps", 0) or 0)
+    if get(cfg, "init.checkpoint") or steps <= 0:
+        return cfg
+    out = Path(get(cfg, "output_dir")) / "synthetic"
+    pcfg = merge(cfg, {
+        "output_dir": str(out), "supervised": {"source": "synthetic"},
+        "optim": {"max_steps": steps, "lr": float(get(cfg, "init.synthetic.lr", 1e-3)),
+                  "lr_steps": list(get(cfg, "init.synthetic.lr_steps", []) or [])},
+        "init": {"checkpoint": None, "freeze_early_stages": 0, "freeze_bn": False},
+        "eval": {"final_test": bool(get(cfg, "init.synthetic.final_test", False))},
+    })
+    model_path = out / "model.pt"
+    if not model_path.is_file():
+        supervised.train(pcfg, resume=resume)
+    return merge(cfg, {"init": {"checkpoint": str(model_path)}})
+
+
 def train(cfg: Dict[str, Any], resume: bool = False) -> Optional[Dict[str, Any]]:
+    cfg = pretrain_synthetic(cfg, resume)
     run = Run(cfg)
     seed = int(get(cfg, "seed", 0))
     real = run.target_crops(labelled=False)
@@ -103,7 +129,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:
     """Console script ``train_selfsup``."""
     ap = add_common_args(argparse.ArgumentParser(prog="train_selfsup", description=__doc__.split("\n")[0]))
     args = ap.parse_args(argv)
-    return train(config_from_args(args), resume=args.resume)
+    try:
+        return train(config_from_args(args), resume=args.resume)
+    finally:
+        du.cleanup()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict, Optional, Sequence
 
+from pose6d_ros.training import distributed as du
 from pose6d_ros.training import losses as L
 from pose6d_ros.training.build import SyntheticSource
 from pose6d_ros.training.config import add_common_args, config_from_args, get
@@ -56,7 +57,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:
     """Console script ``train_supervised``."""
     ap = add_common_args(argparse.ArgumentParser(prog="train_supervised", description=__doc__.split("\n")[0]))
     args = ap.parse_args(argv)
-    return train(config_from_args(args), resume=args.resume)
+    try:
+        return train(config_from_args(args), resume=args.resume)
+    finally:
+        du.cleanup()
 
 
 if __name__ == "__main__":
