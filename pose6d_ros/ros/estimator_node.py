@@ -28,7 +28,9 @@ from visualization_msgs.msg import MarkerArray
 from pose6d_ros.geometry.camera import CameraModel
 from pose6d_ros.ros import conversions as conv
 from pose6d_ros.ros.params import ESTIMATOR_PARAMS, EstimatorParams, ParameterError, validate
-from pose6d_ros.runtime.estimator import Estimator, EstimatorError
+from pose6d_ros.registry import ObjectRegistry
+from pose6d_ros.runtime.estimator import SKIP_REASONS, Estimator
+from pose6d_ros.runtime.visualize import draw_boxes
 
 
 class ThrottledWarnings:
@@ -59,8 +61,9 @@ class EstimatorNode(Node):
         values = {name: self.get_parameter(name).value for name in ESTIMATOR_PARAMS}
         self.params: EstimatorParams = validate(values)
         p = self.params
-        self.estimator = Estimator.from_files(p.model, p.objects, backend=p.backend, device=p.device,
-                                              min_score=p.min_score)
+        self.registry = ObjectRegistry.from_yaml(p.objects)
+        self.estimator = Estimator(p.model, self.registry, backend=p.backend, device=p.device,
+                                   min_score=p.min_score)
         self.warnings = ThrottledWarnings(self.get_logger(), p.warn_throttle_s)
         self.camera: Optional[CameraModel] = None
         self._images: "OrderedDict[Tuple[int, int], Image]" = OrderedDict()
@@ -78,8 +81,8 @@ class EstimatorNode(Node):
         self.pub_debug = self.create_publisher(Image, "~/debug_image", p.qos_depth) if p.publish_debug_image else None
         self.pub_markers = self.create_publisher(MarkerArray, "~/markers", p.qos_depth) if p.publish_markers else None
         self.get_logger().info(
-            f"pose estimator ready: model={p.model} backend={self.estimator.backend_name} device={p.device} "
-            f"objects={list(self.estimator.registry.names)}; listening on {p.image_topic}, "
+            f"pose estimator ready: model={p.model} backend={type(self.estimator.predictor).__name__} device={p.device} "
+            f"objects={list(self.registry.names)}; listening on {p.image_topic}, "
             f"{p.camera_info_topic}, {p.detections_topic}")
 
     # -- callbacks ---------------------------------------------------------------------------
@@ -138,23 +141,27 @@ class EstimatorNode(Node):
                 detections.append(conv.detection_from_msg(det, i))
             except conv.MessageError as e:
                 self.warnings.warn("bad_detection", str(e))
-        result = self.estimator.estimate(rgb, self.camera, detections)
-        for skip in result.skipped:
-            self.warnings.warn(skip.reason, skip.message)
+        estimates = self.estimator.estimate(rgb, self.camera, [(d.class_id, d.box, d.score) for d in detections])
+        for est in estimates:
+            if not est.ok and est.reason != "low_score":
+                self.warnings.warn(est.reason, f"detection {est.detection_index} (class '{est.class_id}') skipped: "
+                                   f"{SKIP_REASONS.get(est.reason, est.reason)}")
         header = image_msg.header
         if self.params.camera_frame:
             header.frame_id = self.params.camera_frame
         items: List[conv.PublishedPose] = []
         per_class: Dict[str, int] = {}
-        for est in result.poses:
-            if not (np.all(np.isfinite(est.R)) and np.all(np.isfinite(est.t))):
-                self.warnings.warn("non_finite_pose", f"{est.name}: non-finite pose dropped")
+        for est in estimates:
+            if not est.ok:
                 continue
-            k = per_class.get(est.name, 0)
-            per_class[est.name] = k + 1
-            info = self.estimator.registry.get(est.object_id)
-            lo, hi = np.min(info.keypoints[:8], axis=0), np.max(info.keypoints[:8], axis=0)
-            items.append(conv.PublishedPose(f"{est.name}_{k}", est.class_id, est.score, est.R, est.t,
+            if not (np.all(np.isfinite(est.R)) and np.all(np.isfinite(est.t)) and np.isfinite(est.score)):
+                self.warnings.warn("non_finite_pose", f"{est.object_name}: non-finite pose dropped")
+                continue
+            k = per_class.get(est.object_name, 0)
+            per_class[est.object_name] = k + 1
+            corners = np.asarray(self.registry.get(est.object_id).keypoints[:8])
+            lo, hi = corners.min(axis=0), corners.max(axis=0)
+            items.append(conv.PublishedPose(f"{est.object_name}_{k}", str(est.class_id), est.score, est.R, est.t,
                                             tuple(float(v) for v in hi - lo), (hi + lo) / 2))
         self.pub_poses.publish(conv.pose_array_msg(header, [(i.R, i.t) for i in items]))
         self.pub_detections.publish(conv.detection3d_array_msg(header, items))
@@ -163,7 +170,7 @@ class EstimatorNode(Node):
         if self.pub_markers is not None:
             self.pub_markers.publish(conv.marker_array_msg(header, items))
         if self.pub_debug is not None:
-            self.pub_debug.publish(conv.rgb_to_image(self.estimator.draw(rgb, self.camera, result.poses), header))
+            self.pub_debug.publish(conv.rgb_to_image(draw_boxes(rgb, self.camera, estimates, self.registry), header))
         self.frames_processed += 1
 
 
@@ -174,7 +181,7 @@ def main(args=None) -> int:
     try:
         node = EstimatorNode()
         rclpy.spin(node)
-    except (ParameterError, EstimatorError, FileNotFoundError) as e:
+    except (ParameterError, ValueError, OSError, KeyError) as e:  # start-up errors: bad params or model
         print(f"pose6d_estimator: {e}", file=sys.stderr)
         code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
