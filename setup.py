@@ -36,6 +36,7 @@ setup(
             "import_bag = pose6d_ros.data.bag:main",
             "build_suite = pose6d_ros.data.build:main",
             "demo = pose6d_ros.demo:main",
+            "replay_frames = pose6d_ros.ros.replay:main",
         ],
     },
 )
