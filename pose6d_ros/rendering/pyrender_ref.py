@@ -11,6 +11,9 @@ Why it is built the way it is:
   shifted by +0.5 px.
 - BOP/OpenCV camera frame (x right, y down, z forward) -> OpenGL camera frame (y up, z backward):
   flip y and z, i.e. the camera node's pose is ``diag(1, -1, -1, 1)``.
+- Importing this module imports ``torch._dynamo`` (see :func:`_preload_triton`): with pyrender
+  (OSMesa) loaded first, torch's first optimiser step segfaults.  Import this module before
+  anything imports pyrender or OpenGL.
 - Faces are drawn two-sided (``SKIP_CULL_FACES``) because pybullet_data/OBJ windings are not always
   consistent.  pyrender ignores that flag in its segmentation (and depth-only) pass and culls back
   faces there, so the label pass draws a second copy of each mesh holding both windings of every
@@ -125,6 +128,21 @@ def _look_along(direction: Sequence[float], position: Sequence[float]) -> np.nda
     m = np.eye(4)
     m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = x, y, z, np.asarray(position, dtype=np.float64)
     return m
+
+
+def _preload_triton() -> None:
+    """Import torch's compiler stack (and triton's LLVM) before pyrender loads OSMesa (and Mesa's LLVM).
+
+    Loading triton after an OSMesa context exists segfaults (two LLVMs in one process); torch loads
+    it lazily, e.g. on the first ``torch.optim`` step.  Loading it first is safe.
+    """
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception:  # torch missing or built without the compiler: nothing to pre-load
+        pass
+
+
+_preload_triton()
 
 
 class PyrenderReference:
