@@ -52,8 +52,8 @@ class RenderSettings:
         gamma: depth-blending temperature; used by the pytorch3d backend only.
         faces_per_pixel: faces kept per pixel; used by the pytorch3d backend only (the pure PyTorch
             backend keeps the nearest face and the nearest outline edge).
-        backend: ``"torch"`` or ``"pytorch3d"`` (falls back on ``"torch"`` when not importable is an
-            error, not a silent switch).
+        backend: ``"torch"`` or ``"pytorch3d"``; asking for pytorch3d when it is not installed is an
+            ``ImportError``, not a silent switch.
     """
 
     sigma: float = 0.7
