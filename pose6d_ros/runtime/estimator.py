@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from pose6d_ros._checks import check_shape
-from pose6d_ros.data.crops import CropBatch, crop_detections
-from pose6d_ros.geometry.camera import CameraModel, normalized_to_pixels, undistort_points
+from pose6d_ros.data.crops import CropBatch, crop_images, square_windows
+from pose6d_ros.geometry.camera import CameraModel, crop_intrinsics, normalized_to_pixels, undistort_points
 from pose6d_ros.geometry.pnp import solve_pnp
 from pose6d_ros.runtime.backends import KeypointPredictor, make_predictor
 
@@ -222,30 +222,50 @@ class Estimator:
                 self._class_cache[key] = (int(obj.id), str(obj.name), index)
         return self._class_cache[key]
 
-    def _image_tensor(self, image, camera: CameraModel) -> torch.Tensor:
-        device = self.predictor.device
+    def _image_region(self, image, camera: CameraModel, windows: np.ndarray) -> Tuple[torch.Tensor, np.ndarray]:
+        """The part of the image the crop ``windows`` ``(B, 4)`` can read, as ``(1, 3, h, w)`` float in
+        [0, 255] on the predictor's device, and its pixel offset ``(ox, oy)`` in the image.
+
+        Only that region is converted to float: for a few detections it is a small part of the
+        frame. Scaling to [0, 1] is left to the (much smaller) crops, since resampling is linear.
+        """
         if isinstance(image, np.ndarray):
-            image = torch.from_numpy(np.ascontiguousarray(image))
+            image = torch.from_numpy(image)
         if not isinstance(image, torch.Tensor):
             raise TypeError(f"image: expected a NumPy array or a torch.Tensor, got {type(image).__name__}")
-        if image.dtype == torch.uint8:
+        hwc = image.dtype == torch.uint8
+        if hwc:
             check_shape(image, (camera.height, camera.width, 3), "image")
-            return image.to(device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-        check_shape(image, (3, camera.height, camera.width), "image")
-        return image.to(device, torch.float32).unsqueeze(0)
+        else:
+            check_shape(image, (3, camera.height, camera.width), "image")
+        # Bilinear taps reach at most one pixel past a window; one more for rounding.
+        x0 = int(np.clip(np.floor(windows[:, 0].min()) - 2, 0, camera.width))
+        y0 = int(np.clip(np.floor(windows[:, 1].min()) - 2, 0, camera.height))
+        x1 = int(np.clip(np.ceil(windows[:, 2].max()) + 3, x0, camera.width))
+        y1 = int(np.clip(np.ceil(windows[:, 3].max()) + 3, y0, camera.height))
+        device = self.predictor.device
+        if hwc:
+            region = image[y0:y1, x0:x1].to(device).permute(2, 0, 1).unsqueeze(0).float()
+        else:
+            region = image[:, y0:y1, x0:x1].to(device, torch.float32).unsqueeze(0) * 255.0
+        return region, np.array([x0, y0, x0, y0], dtype=np.float64)
 
     def _run(self, image, camera: CameraModel, boxes: np.ndarray, obj_index: np.ndarray, det_index: np.ndarray):
         """Crop, predict, lift and solve the kept detections (all batched)."""
-        img = self._image_tensor(image, camera)
+        S = self.card.crop_size
         device = self.predictor.device
-        K = camera.K_tensor(torch.float32, device)
-        crops = crop_detections(img, K, torch.as_tensor(boxes, dtype=torch.float32, device=device),
-                                size=self.card.crop_size, padding=self.card.crop_padding)
+        windows = square_windows(torch.as_tensor(boxes), self.card.crop_padding)  # (B, 4) float64
+        region, offset = self._image_region(image, camera, windows.numpy())
+        local = (windows - torch.as_tensor(offset)).to(device, torch.float32)
+        crops = CropBatch(
+            images=crop_images(region, local, S).mul_(1.0 / 255.0),
+            K=crop_intrinsics(camera.K_tensor(torch.float64).expand(len(boxes), 3, 3), windows, S),
+            windows=windows,
+        )
         index = torch.as_tensor(obj_index, device=device)
         normalised = self.predictor.predict(crops, index, torch.as_tensor(det_index))
         # Geometry in float64 on the CPU: a handful of small problems, precision matters more.
-        uv_img = _crop_to_image(normalised.detach().to("cpu", torch.float64),
-                                crops.windows.to("cpu", torch.float64), self.card.crop_size)
+        uv_img = _crop_to_image(normalised.detach().to("cpu", torch.float64), windows, S)
         B = uv_img.shape[0]
         K64 = camera.K_tensor(torch.float64).expand(B, 3, 3)
         finite_kp = torch.isfinite(uv_img).flatten(1).all(dim=1)

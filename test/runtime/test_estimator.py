@@ -148,3 +148,41 @@ def test_construction_and_frame_errors(registry, card, camera):
         est.estimate(np.zeros((100, 100, 3), np.uint8), camera, [("duck", (1, 1, 20, 20), 1.0)])
     with pytest.raises(TypeError, match="model"):
         Estimator(object(), registry)
+
+
+class _RecordingPredictor:
+    """Records the crops it is given and returns the crop centre for every keypoint."""
+
+    def __init__(self, card: ModelCard) -> None:
+        self.card, self.device, self.seen = card, torch.device("cpu"), None
+
+    def predict(self, crops: CropBatch, object_index, detection_index):
+        self.seen = (crops, object_index.clone(), detection_index.clone())
+        return torch.zeros(crops.images.shape[0], 9, 2)
+
+
+def test_crops_match_opencv_warp_of_the_full_image(registry, card, camera):
+    from pose6d_ros.data.crops import crop_image_cv2
+
+    rec = _RecordingPredictor(card)
+    est = Estimator(rec, registry)
+    image = _image(camera)
+    dets = [("cat", (10.0, 20.0, 90.0, 70.0), 1.0),            # window spills over the top-left corner
+            ("zebra", (0.0, 0.0, 5.0, 5.0), 1.0),               # skipped: not cropped
+            ("duck", (300.5, 200.25, 371.0, 290.0), 1.0),
+            ("can", (600.0, 400.0, 639.0, 479.0), 1.0)]         # bottom-right corner
+    est.estimate(image, camera, dets)
+    crops, obj_index, det_index = rec.seen
+    assert det_index.tolist() == [0, 2, 3] and obj_index.tolist() == [2, 0, 1]
+    for i, d in enumerate([0, 2, 3]):
+        x0, y0, x1, y1 = dets[d][1]
+        c, half = np.array([(x0 + x1) / 2, (y0 + y1) / 2]), card.crop_padding * max(x1 - x0, y1 - y0) / 2
+        window = np.array([c[0] - half, c[1] - half, c[0] + half, c[1] + half])
+        np.testing.assert_allclose(crops.windows[i].numpy(), window, atol=1e-9)
+        ref = crop_image_cv2(image.astype(np.float32) / 255.0, window, card.crop_size)
+        np.testing.assert_allclose(crops.images[i].permute(1, 2, 0).numpy(), ref, atol=2e-4)
+        # K_crop maps a 3D point to the same crop pixel as the image projection + crop mapping
+        s = card.crop_size / (window[2] - window[0])
+        K = np.asarray(camera.K)
+        A = np.array([[s, 0, -window[0] * s - 0.5], [0, s, -window[1] * s - 0.5], [0, 0, 1]])
+        np.testing.assert_allclose(crops.K[i].numpy(), A @ K, atol=1e-9)
