@@ -29,6 +29,7 @@ __all__ = [
     "CropConfig",
     "CropBatch",
     "bop_bbox_to_box",
+    "coco_bbox_to_box",
     "square_windows",
     "jitter_boxes",
     "crop_grid",
@@ -85,6 +86,23 @@ def bop_bbox_to_box(bbox: torch.Tensor) -> torch.Tensor:
     check_shape(bbox, ("...", 4), "bbox")
     x, y, w, h = bbox.unbind(-1)
     return torch.stack((x - 0.5, y - 0.5, x + w + 0.5, y + h + 0.5), dim=-1)
+
+
+def coco_bbox_to_box(bbox: torch.Tensor) -> torch.Tensor:
+    """COCO / BOP-detection ``(x, y, w, h)`` -> ``(x0, y0, x1, y1)`` in our continuous coordinates.
+
+    COCO boxes are continuous with pixel centres at ``+0.5`` (the image spans ``[0, W]``); ours put
+    centres at integers (``[-0.5, W - 0.5]``), hence the half-pixel shift.
+
+    Args:
+        bbox: ``(..., 4)`` boxes.
+
+    Returns:
+        ``(..., 4)`` boxes.
+    """
+    check_shape(bbox, ("...", 4), "bbox")
+    x, y, w, h = bbox.unbind(-1)
+    return torch.stack((x - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5), dim=-1)
 
 
 def square_windows(boxes: torch.Tensor, padding: float = 1.3, min_side: float = 1.0) -> torch.Tensor:
