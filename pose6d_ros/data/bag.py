@@ -3,7 +3,8 @@
 Reads sqlite3 or MCAP bags with the ``rosbags`` library (its typestore, no rclpy), and writes::
 
     OUT/SCENE_ID/rgb/IM_ID.png       one per kept image
-    OUT/SCENE_ID/scene_camera.json   each image's K, from the camera_info nearest in time
+    OUT/SCENE_ID/scene_camera.json   each image's K (and distortion as ``cam_D`` when non-zero),
+                                     from the camera_info nearest in time
     OUT/SCENE_ID/image_stamps.json   {im_id: stamp in ns} (not part of BOP; for tracing back)
 
 Console script: ``import_bag --bag PATH --image-topic T --camera-info-topic C --out DIR [--every N]``.
@@ -90,6 +91,20 @@ def decode_image(msg: Any, msgtype: str) -> np.ndarray:
     return np.ascontiguousarray(rows[:, :, order])
 
 
+def _distortion(msg: Any, bag: Path) -> Optional[np.ndarray]:
+    """CameraInfo ``d`` as OpenCV coefficients, ``None`` when the image is undistorted."""
+    d = np.asarray(msg.d, dtype=np.float64).reshape(-1)
+    if d.size == 0 or not np.any(d):
+        return None
+    model = str(msg.distortion_model)
+    if model not in ("plumb_bob", "rational_polynomial") or d.size not in (4, 5, 8):
+        raise BagImportError(
+            f"{bag}: distortion model '{model}' with {d.size} coefficients is not supported "
+            "(plumb_bob or rational_polynomial with 4, 5 or 8 coefficients)"
+        )
+    return d
+
+
 def _find_connection(reader: Any, topic: str, allowed: Sequence[str], bag: Path) -> Any:
     conns = [c for c in reader.connections if c.topic == topic]
     if not conns:
@@ -150,6 +165,7 @@ def import_bag(
 
         info_stamps: List[int] = []
         info_K: List[np.ndarray] = []
+        info_D: List[Optional[np.ndarray]] = []
         for conn, t, raw in reader.messages(connections=info_conns):
             msg = typestore.deserialize_cdr(raw, conn.msgtype)
             K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
@@ -157,11 +173,13 @@ def import_bag(
                 continue  # an uncalibrated camera publishes K = 0; such a message cannot serve
             info_stamps.append(_stamp_ns(msg, t))
             info_K.append(K)
+            info_D.append(_distortion(msg, bag))
         if not info_K:
             raise BagImportError(f"{bag}: topic '{camera_info_topic}' has no message with a valid K")
         order = np.argsort(info_stamps, kind="stable")
         info_stamps = [info_stamps[i] for i in order]
         info_K = [info_K[i] for i in order]
+        info_D = [info_D[i] for i in order]
 
         cameras = {}
         stamps = {}
@@ -180,7 +198,7 @@ def import_bag(
             best = min(cands, key=lambda i: abs(info_stamps[i] - stamp))
             im_id = len(cameras)
             bop.save_rgb(out, scene_id, im_id, img, ext=ext)
-            cameras[im_id] = bop.CameraRecord(K=info_K[best])
+            cameras[im_id] = bop.CameraRecord(K=info_K[best], D=info_D[best])
             stamps[str(im_id)] = stamp
             size = size or (img.shape[0], img.shape[1])
 

@@ -9,7 +9,7 @@ https://github.com/thodan/bop_toolkit/blob/master/docs/bop_datasets_format.md ::
       test_targets_bop19.json          evaluation targets (``load_targets``)
       SPLIT[_TYPE]/                    e.g. ``train``, ``test``, ``train_real``, ``train_pbr``
         SCENE_ID/                      6 digits
-          scene_camera.json            per image: cam_K, depth_scale, [cam_R_w2c, cam_t_w2c]
+          scene_camera.json            per image: cam_K, depth_scale, [cam_R_w2c, cam_t_w2c], [cam_D: ours]
           scene_gt.json                per image: list of {cam_R_m2c, cam_t_m2c, obj_id}
           scene_gt_info.json           per image: list of {bbox_obj, bbox_visib, px_count_*, visib_fract}
           rgb/IM_ID.png|jpg            (``gray/`` is accepted when reading)
@@ -90,6 +90,7 @@ MODELS_INFO = "models_info.json"
 CAMERA = "camera.json"
 TARGETS_BOP19 = "test_targets_bop19.json"
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+_DIST_SIZES = (4, 5, 8)
 
 
 class BopFormatError(ValueError):
@@ -280,12 +281,16 @@ class CameraRecord:
         depth_unit: metres per unit of the depth PNG (BOP's ``depth_scale`` / 1000), or ``None``.
         R_w2c: ``(3, 3)`` world-to-camera rotation, or ``None``.
         t_w2c: ``(3,)`` world-to-camera translation in metres, or ``None``.
+        D: OpenCV distortion coefficients ``(k1, k2, p1, p2[, k3[, k4, k5, k6]])``, or ``None`` for
+            an undistorted image.  Not in the BOP spec: stored as ``cam_D`` (our extension, ignored
+            by BOP tools), e.g. for images imported from a ROS bag.
     """
 
     K: np.ndarray
     depth_unit: Optional[float] = None
     R_w2c: Optional[np.ndarray] = None
     t_w2c: Optional[np.ndarray] = None
+    D: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         self.K = _check_array(self.K, (3, 3), "CameraRecord.K")
@@ -298,6 +303,11 @@ class CameraRecord:
         if self.R_w2c is not None:
             self.R_w2c = _check_array(self.R_w2c, (3, 3), "CameraRecord.R_w2c")
             self.t_w2c = _check_array(self.t_w2c, (3,), "CameraRecord.t_w2c")
+        if self.D is not None:
+            n = np.asarray(self.D).size
+            if n not in _DIST_SIZES:
+                raise ValueError(f"CameraRecord.D: expected {' or '.join(map(str, _DIST_SIZES))} coefficients, got {n}")
+            self.D = _check_array(np.asarray(self.D).reshape(-1), (n,), "CameraRecord.D")
 
 
 @dataclass
@@ -502,8 +512,14 @@ def load_scene_camera(path: PathLike) -> Dict[int, CameraRecord]:
         if "cam_R_w2c" in entry or "cam_t_w2c" in entry:
             R = _vector(_get(entry, "cam_R_w2c", path, where), 9, path, f"{where}.cam_R_w2c").reshape(3, 3)
             t = _vector(_get(entry, "cam_t_w2c", path, where), 3, path, f"{where}.cam_t_w2c", mm=True)
+        D = None
+        if "cam_D" in entry:
+            d = entry["cam_D"]
+            if not isinstance(d, list) or len(d) not in _DIST_SIZES:
+                raise BopFormatError(f"{path}: {where}.cam_D: expected 4, 5 or 8 numbers")
+            D = _vector(d, len(d), path, f"{where}.cam_D")
         try:
-            out[im_id] = CameraRecord(K=K, depth_unit=depth_unit, R_w2c=R, t_w2c=t)
+            out[im_id] = CameraRecord(K=K, depth_unit=depth_unit, R_w2c=R, t_w2c=t, D=D)
         except ValueError as exc:
             raise BopFormatError(f"{path}: {where}: {exc}") from exc
     return out
@@ -520,6 +536,8 @@ def save_scene_camera(path: PathLike, cameras: Mapping[int, CameraRecord]) -> No
         if cam.R_w2c is not None:
             entry["cam_R_w2c"] = _flat(cam.R_w2c)
             entry["cam_t_w2c"] = [_m_to_mm(x) for x in _flat(cam.t_w2c)]
+        if cam.D is not None:
+            entry["cam_D"] = _flat(cam.D)
         data[str(int(im_id))] = entry
     _write_json(Path(path), data)
 

@@ -35,10 +35,10 @@ def _K(f: float) -> np.ndarray:
     return np.array([[f, 0.0, 7.5], [0.0, f + 1, 5.5], [0.0, 0.0, 1.0]])
 
 
-def _camera_info(ns: int, f: float) -> object:
+def _camera_info(ns: int, f: float, d=(0.0,) * 5, model: str = "plumb_bob") -> object:
     return CameraInfo(
-        header=_header(ns), height=H, width=W, distortion_model="plumb_bob",
-        d=np.zeros(5), k=_K(f).reshape(-1), r=np.eye(3).reshape(-1),
+        header=_header(ns), height=H, width=W, distortion_model=model,
+        d=np.array(d, dtype=np.float64), k=_K(f).reshape(-1), r=np.eye(3).reshape(-1),
         p=np.zeros(12), binning_x=0, binning_y=0,
         roi=RoI(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
     )
@@ -155,3 +155,18 @@ def test_existing_scene_needs_overwrite(tmp_path):
     with pytest.raises(BagImportError, match="exists already"):
         import_bag(bag, "/cam/image", "/cam/camera_info", tmp_path / "out")
     import_bag(bag, "/cam/image", "/cam/camera_info", tmp_path / "out", overwrite=True)
+
+
+def test_distortion_is_kept(tmp_path):
+    bag = tmp_path / "bag"
+    d = (-0.1, 0.02, 0.001, -0.002, 0.0005)
+    _write_bag(bag, StoragePlugin.SQLITE3, [(5, _image_msg(5, _rgb(0), "rgb8"))], [(1, _camera_info(1, 500.0, d))],
+               "sensor_msgs/msg/Image")
+    import_bag(bag, "/cam/image", "/cam/camera_info", tmp_path / "out")
+    cam = bop.load_scene(tmp_path / "out", 0).cameras[0]
+    assert cam.D.tolist() == list(d)
+    bag2 = tmp_path / "bag2"
+    _write_bag(bag2, StoragePlugin.SQLITE3, [(5, _image_msg(5, _rgb(0), "rgb8"))],
+               [(1, _camera_info(1, 500.0, (0.1, 0.0, 0.0, 0.0), "equidistant"))], "sensor_msgs/msg/Image")
+    with pytest.raises(BagImportError, match="distortion model 'equidistant'"):
+        import_bag(bag2, "/cam/image", "/cam/camera_info", tmp_path / "out2")

@@ -107,9 +107,12 @@ class TestRoundTrip:
         assert bop.load_detections(tmp_path / "dets.json") == dets
 
     def test_unlabeled_scene(self, tmp_path):
-        bop.save_scene(tmp_path, bop.SceneRecord(1, {0: bop.CameraRecord(K=np.eye(3))}))
+        D = np.array([-0.1, 0.02, 1e-3, -2e-3, 5e-4])
+        bop.save_scene(tmp_path, bop.SceneRecord(1, {0: bop.CameraRecord(K=np.eye(3)),
+                                                     1: bop.CameraRecord(K=np.eye(3), D=D)}))
         s = bop.load_scene(tmp_path, 1)
         assert s.gts is None and s.gt_infos is None and s.cameras[0].depth_unit is None
+        assert s.cameras[0].D is None and s.cameras[1].D.tolist() == D.tolist()
 
 
 class TestReadBopFiles:
@@ -146,6 +149,7 @@ class TestReadBopFiles:
             ("scene_camera.json", {"0": {"cam_K": [1, 0, 0, 0, 1, 0, 0, 0, "1"]}}, r"cam_K\[8\]: expected a number"),
             ("scene_camera.json", {"a": {"cam_K": [1] * 9}}, r"key 'a' is not an integer image id"),
             ("scene_camera.json", [1, 2], r"expected a JSON object"),
+            ("scene_camera.json", {"0": {"cam_K": [1] * 9, "cam_D": [0.1] * 6}}, r"image 0\.cam_D: expected 4, 5 or 8"),
             ("scene_gt.json", {"0": [{"cam_R_m2c": [1] * 9, "cam_t_m2c": [1, 2], "obj_id": 1}]},
              r"scene_gt\.json: image 0, instance 0\.cam_t_m2c: expected 3 numbers, got 2"),
             ("scene_gt.json", {"0": [{"cam_R_m2c": [1] * 9, "cam_t_m2c": [1, 2, 3], "obj_id": 1.5}]},
