@@ -8,7 +8,8 @@ here: it plays the "real" camera (``data.simreal``).
 
 Boxes are taken from the composited masks, so they are the *visible* boxes (BOP's ``bbox_visib``);
 amodal boxes (``bbox_obj``, clipped to the image) come from each object's own silhouette.
-Frame ``i`` depends only on ``(seed, i)``; a batch renders in one pass per light group.
+The objects, poses and boxes of frame ``i`` depend only on ``(seed, i)`` (lighting and backgrounds
+on the batch); a batch renders in one pass per light group.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ class DetectionScenes:
     Args:
         registry: the objects; label ``k + 1`` is ``registry.index_of(id) == k``.
         cfg: :class:`SceneConfig`.
-        seed: frame ``i`` depends only on ``(seed, i)``.
+        seed: frame ``i``'s objects and poses depend only on ``(seed, i)``.
         device: where to render.
 
     Example:

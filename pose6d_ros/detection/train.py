@@ -26,10 +26,10 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from pose6d_ros.detection.model import (ARCHS, TV_OFFSET, DetectorSpec, build_from_spec, load_detector,
-                                        save_detector)
+from pose6d_ros.detection.model import (ARCHS, TV_OFFSET, DetectorCheckpointError, DetectorSpec, build_from_spec,
+                                        load_detector, save_detector)
 from pose6d_ros.detection.scenes import DetectionScenes, SceneConfig
-from pose6d_ros.registry import ObjectRegistry
+from pose6d_ros.registry import ObjectRegistry, RegistryError
 
 __all__ = ["ReplayBuffer", "train_steps", "main"]
 
@@ -129,6 +129,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (DetectorCheckpointError, RegistryError, FileNotFoundError) as e:
+        print(f"train_detector: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     registry = ObjectRegistry.from_yaml(args.objects)
