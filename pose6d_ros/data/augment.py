@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from pose6d_ros._checks import check_same_batch, check_shape
+from pose6d_ros._checks import check_shape
 
 __all__ = [
     "OcclusionConfig",
