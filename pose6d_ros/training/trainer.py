@@ -219,11 +219,17 @@ class Trainer:
         else:
             self.scaler.scale(total).backward()
             dist_utils.average_gradients(unwrap(self.model))
-            if self.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                gnorm = torch.nn.utils.clip_grad_norm_(
-                    [p for p in self.model.parameters() if p.grad is not None], self.grad_clip)
-                out.metrics["grad_norm"] = float(gnorm)
+            self.scaler.unscale_(self.optimizer)
+            gnorm = torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.grad is not None],
+                self.grad_clip if self.grad_clip > 0 else float("inf"))
+            out.metrics["grad_norm"] = float(gnorm)
+            if not self.use_amp and not math.isfinite(float(gnorm)):
+                # a NaN gradient (e.g. a degenerate PnP Jacobian) must not reach the weights;
+                # with AMP the scaler already skips such steps
+                self.skipped_steps += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                log.warning("step %d: non-finite gradient, update skipped", self.step)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         if self.scheduler is not None:

@@ -114,3 +114,34 @@ def test_two_process_gloo_equals_one_process_double_batch(tmp_path):
     assert moved > 1e-3  # the step did something
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
+
+
+def test_ema_teacher_update_matches_formula():
+    from pose6d_ros.training.trainer import EMATeacher
+
+    student = torch.nn.Linear(2, 1)
+    teacher = EMATeacher(student, decay=0.9)
+    before = teacher.module.weight.detach().clone()
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    teacher.update(student)
+    torch.testing.assert_close(teacher.module.weight, 0.9 * before + 0.1 * (before + 1.0))
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_nonfinite_gradient_skips_update():
+    from pose6d_ros.training.trainer import StepOutput, Trainer
+
+    model = torch.nn.Linear(2, 1)
+    w0 = model.weight.detach().clone()
+
+    def step_fn(trainer, batch):
+        # finite loss, NaN gradient: sqrt at 0 has an infinite derivative, times 0 -> NaN
+        loss = (torch.sqrt(model.weight.sum() * 0.0) * 0.0).sum() + 0.0 * model.bias.sum()
+        return StepOutput(losses={"total": loss})
+
+    tr = Trainer(model=model, step_fn=step_fn, batches=lambda s, r, w: None,
+                 optimizer=torch.optim.SGD(model.parameters(), lr=1.0), max_steps=1)
+    tr.train()
+    assert tr.skipped_steps == 1
+    torch.testing.assert_close(model.weight, w0, rtol=0, atol=0)
