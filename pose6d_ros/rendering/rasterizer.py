@@ -117,62 +117,47 @@ def _take(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return table.index_select(0, idx)
 
 
-def _argbest(pix: torch.Tensor, value: torch.Tensor, size: int, largest: bool) -> torch.Tensor:
-    """Per pixel, the index of the candidate with the largest (smallest) ``value >= 0``; -1 if none.
+def _keys(value: torch.Tensor, payload: torch.Tensor) -> torch.Tensor:
+    """int64 keys ``(float32 bits of value) << 32 | payload`` for ``value >= 0``, ``0 <= payload < 2**32``.
 
-    One ``scatter_reduce`` on int64 keys ``(float32 bits of value) << 32 | candidate``: the bits of a
-    non-negative float32 order like the float, so the z-test and the choice of the winner are a
-    single pass with no boolean compaction.
+    The bits of a non-negative float32 order like the float, so a ``scatter_reduce`` of the keys is
+    the z-test (or nearest-edge test) and the choice of the winner in one pass, with no boolean
+    compaction.  Ties go to the largest (``amax``) or smallest (``amin``) payload.
     """
-    n = value.shape[0]
-    bits = value.to(torch.float32).view(torch.int32).to(torch.int64)
-    cand = torch.arange(n, device=value.device, dtype=torch.int64)
-    if largest:
-        key = (bits << 32) | cand
-        best = torch.full((size,), -1, dtype=torch.int64, device=value.device)
-        best.scatter_reduce_(0, pix, key, reduce="amax", include_self=True)
-        return torch.where(best >= 0, best & 0xFFFFFFFF, best)
-    key = (bits << 32) | cand
-    none = torch.iinfo(torch.int64).max
-    best = torch.full((size,), none, dtype=torch.int64, device=value.device)
-    best.scatter_reduce_(0, pix, key, reduce="amin", include_self=True)
-    return torch.where(best != none, best & 0xFFFFFFFF, torch.full_like(best, -1))
+    return (value.to(torch.float32).view(torch.int32).to(torch.int64) << 32) | payload
 
 
-def rasterize_faces(
+def _hi(x: float) -> int:
+    """The key prefix of a non-negative float: every key of a value ``>= x`` is ``>= _hi(x)``."""
+    return int(torch.tensor(x, dtype=torch.float32).view(torch.int32)) << 32
+
+
+_LOW = 0xFFFFFFFF
+
+
+def _rasterize_faces(
     uv: torch.Tensor,
     z: torch.Tensor,
     faces: torch.Tensor,
     face_valid: torch.Tensor,
     size: Tuple[int, int],
     znear: float = 1e-3,
-) -> Fragments:
-    """Hard, z-buffered rasterization of a batch of meshes.
-
-    A pixel centre is covered when it lies inside or on the triangle (edge functions >= 0).
-
-    Args:
-        uv: ``(B, V, 2)`` projected vertices (pixels).
-        z: ``(B, V)`` vertex depths (metres).
-        faces: ``(B, F, 3)`` vertex indices.
-        face_valid: ``(B, F)`` bool; faces with a vertex nearer than ``znear`` are dropped too.
-        size: ``(H, W)``.
-
-    Returns:
-        :class:`Fragments` (barycentrics and depth keep the autograd graph of ``uv`` and ``z``).
-    """
+) -> Tuple[Fragments, torch.Tensor, torch.Tensor]:
+    """:func:`rasterize_faces`, plus the ``(B * H * W,)`` bool coverage and the ``(N, 3)`` flat
+    (batch-offset) vertex ids of each covered pixel's face, which the shaders reuse."""
     B, V = uv.shape[:2]
     F = faces.shape[1]
     H, W = size
     dev = uv.device
     fidx = (faces + (torch.arange(B, device=dev) * V)[:, None, None]).reshape(-1, 3)  # (BF, 3) flat vertex ids
+    fcol = [fidx[:, k].contiguous() for k in range(3)]
     with torch.no_grad():
         u = uv.detach()[..., 0].reshape(-1).float()
         v = uv.detach()[..., 1].reshape(-1).float()
         zf = z.detach().reshape(-1).float()
-        x0, x1, x2 = (_take(u, fidx[:, k]) for k in range(3))
-        y0, y1, y2 = (_take(v, fidx[:, k]) for k in range(3))
-        z0, z1, z2 = (_take(zf, fidx[:, k]) for k in range(3))
+        x0, x1, x2 = (_take(u, fcol[k]) for k in range(3))
+        y0, y1, y2 = (_take(v, fcol[k]) for k in range(3))
+        z0, z1, z2 = (_take(zf, fcol[k]) for k in range(3))
         area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)  # twice the signed area
         sgn = torch.where(area >= 0, 1.0, -1.0)
         # Edge functions e_k(x, y) = A_k x + B_k y + C_k, oriented so the inside is positive.
@@ -213,93 +198,108 @@ def rasterize_faces(
         row_i0 = row_pa * xl + _take(pb, gface) * y + _take(pc, gface)
         row_pix = (gface // F) * (H * W) + y.long() * W + xl.long()
 
-        # (pixel, face) candidates and the z-buffer.
+        # (pixel, face) candidates and the z-buffer.  The key's payload is the candidate's row: rows
+        # follow face order and a pixel meets a row at most once, so the largest row is the largest
+        # face, as a tie-break on equal depth should be (deterministic, batch independent).
         row_id, c = _expand(cols)
         pix = _take(row_pix, row_id) + c
-        invz = _take(row_i0, row_id) + _take(row_pa, row_id) * c.float()
-        winner = _argbest(pix, invz.clamp(min=0), B * H * W, largest=True)
-        cov_pix = torch.nonzero(winner >= 0).squeeze(1)
-        cov_face = _take(gface, _take(row_id, _take(winner, cov_pix)))  # global face id b * F + f
+        invz = torch.addcmul(_take(row_i0, row_id), _take(row_pa, row_id), c.float())
+        best = torch.full((B * H * W,), -1, dtype=torch.int64, device=dev)
+        best.scatter_reduce_(0, pix, _keys(invz.clamp_(min=0), row_id), reduce="amax", include_self=True)
+        covered = best >= 0
+        cov_pix = torch.nonzero(covered).squeeze(1)
+        cov_face = _take(gface, _take(best, cov_pix) & _LOW)  # global face id b * F + f
 
     # Differentiable recomputation for the winners only.
     rem = cov_pix % (H * W)
     qy = (rem // W).to(uv.dtype)
     qx = (rem % W).to(uv.dtype)
-    fv = fidx.index_select(0, cov_face)  # (N, 3) flat vertex ids
+    fv = [_take(fcol[k], cov_face) for k in range(3)]  # flat vertex ids
     uf = uv[..., 0].reshape(-1)
     vf = uv[..., 1].reshape(-1)
     zl = z.reshape(-1)
-    u0, u1, u2 = (_take(uf, fv[:, k]) - qx for k in range(3))
-    v0, v1, v2 = (_take(vf, fv[:, k]) - qy for k in range(3))
+    u0, u1, u2 = (_take(uf, fv[k]) - qx for k in range(3))
+    v0, v1, v2 = (_take(vf, fv[k]) - qy for k in range(3))
     w0 = u1 * v2 - u2 * v1
     w1 = u2 * v0 - u0 * v2
     w2 = u0 * v1 - u1 * v0
     wsum = w0 + w1 + w2
-    p0 = w0 / (wsum * _take(zl, fv[:, 0]))
-    p1 = w1 / (wsum * _take(zl, fv[:, 1]))
-    p2 = w2 / (wsum * _take(zl, fv[:, 2]))
+    p0 = w0 / (wsum * _take(zl, fv[0]))
+    p1 = w1 / (wsum * _take(zl, fv[1]))
+    p2 = w2 / (wsum * _take(zl, fv[2]))
     invz_d = p0 + p1 + p2
     bary = torch.stack([p0, p1, p2], -1) / invz_d[:, None]
-    return Fragments(
-        pix=cov_pix, face=cov_face % F, bary=bary, zbuf=1.0 / invz_d, size=(B, H, W)
-    )
+    frags = Fragments(pix=cov_pix, face=cov_face % F, bary=bary, zbuf=1.0 / invz_d, size=(B, H, W))
+    return frags, covered, torch.stack(fv, -1)
 
 
-def rasterize_contours(
+def rasterize_faces(
+    uv: torch.Tensor,
+    z: torch.Tensor,
+    faces: torch.Tensor,
+    face_valid: torch.Tensor,
+    size: Tuple[int, int],
+    znear: float = 1e-3,
+) -> Fragments:
+    """Hard, z-buffered rasterization of a batch of meshes.
+
+    A pixel centre is covered when it lies inside or on the triangle (edge functions >= 0).
+
+    Args:
+        uv: ``(B, V, 2)`` projected vertices (pixels).
+        z: ``(B, V)`` vertex depths (metres).
+        faces: ``(B, F, 3)`` vertex indices.
+        face_valid: ``(B, F)`` bool; faces with a vertex nearer than ``znear`` are dropped too.
+        size: ``(H, W)``.
+
+    Returns:
+        :class:`Fragments` (barycentrics and depth keep the autograd graph of ``uv`` and ``z``).
+    """
+    return _rasterize_faces(uv, z, faces, face_valid, size, znear)[0]
+
+
+def _rasterize_contours(
     uv: torch.Tensor,
     z: torch.Tensor,
     edges: torch.Tensor,
     edge_opposite: torch.Tensor,
     edge_valid: torch.Tensor,
     covered: torch.Tensor,
+    size: Tuple[int, int],
     margin: float,
-    znear: float = 1e-3,
-) -> ContourFragments:
-    """Signed distance to the outline for the pixels within ``margin`` of it.
-
-    An edge is a contour edge when its (up to) two faces project to the same side of it; the
-    outline edges are the contour edges nearest to some uncovered pixel (interior contours, e.g. the
-    fold of a duck's neck over its body, never are).  Uncovered pixels take the distance to the
-    nearest contour edge; covered pixels the distance to the nearest outline edge.
-
-    Args:
-        uv: ``(B, V, 2)`` projected vertices.
-        z: ``(B, V)`` depths.
-        edges: ``(B, E, 2)`` vertex ids; ``edge_opposite (B, E, 2)`` third vertices (``-1``: border).
-        edge_valid: ``(B, E)`` bool.
-        covered: ``(B, H, W)`` bool hard coverage.
-        margin: band half-width, pixels.
-
-    Returns:
-        :class:`ContourFragments`.
-    """
+    znear: float,
+) -> Tuple[ContourFragments, torch.Tensor]:
+    """:func:`rasterize_contours` on a flat ``(B * H * W,)`` coverage; also returns ``(M,)`` bool,
+    band pixel covered."""
     B, V = uv.shape[:2]
     E = edges.shape[1]
-    _, H, W = covered.shape
+    H, W = size
     P = B * H * W
     dev = uv.device
     off = (torch.arange(B, device=dev) * V)[:, None]
     ev = (edges + off[..., None]).reshape(-1, 2)  # (BE, 2) flat vertex ids
+    ev0, ev1 = ev[:, 0].contiguous(), ev[:, 1].contiguous()
     m = float(margin)
     with torch.no_grad():
         u = uv.detach()[..., 0].reshape(-1).float()
         v = uv.detach()[..., 1].reshape(-1).float()
         zf = z.detach().reshape(-1).float()
-        ax, ay = _take(u, ev[:, 0]), _take(v, ev[:, 0])
-        bx, by = _take(u, ev[:, 1]), _take(v, ev[:, 1])
+        ax, ay = _take(u, ev0), _take(v, ev0)
+        bx, by = _take(u, ev1), _take(v, ev1)
         opp = edge_opposite.reshape(-1, 2)
         border = opp[:, 1] < 0
         oflat = (edge_opposite.clamp(min=0) + off[..., None]).reshape(-1, 2)
+        o0, o1 = oflat[:, 0].contiguous(), oflat[:, 1].contiguous()
         ex, ey = bx - ax, by - ay
-        s0 = ex * (_take(v, oflat[:, 0]) - ay) - ey * (_take(u, oflat[:, 0]) - ax)
-        s1 = ex * (_take(v, oflat[:, 1]) - ay) - ey * (_take(u, oflat[:, 1]) - ax)
+        s0 = ex * (_take(v, o0) - ay) - ey * (_take(u, o0) - ax)
+        s1 = ex * (_take(v, o1) - ay) - ey * (_take(u, o1) - ax)
         ymin_e, ymax_e = torch.minimum(ay, by), torch.maximum(ay, by)
         y_lo = torch.ceil(ymin_e - m).clamp(min=0)
         y_hi = torch.floor(ymax_e + m).clamp(max=H - 1)
         contour = (
             edge_valid.reshape(-1)
-            & (_take(zf, ev[:, 0]) > znear)
-            & (_take(zf, ev[:, 1]) > znear)
+            & (_take(zf, ev0) > znear)
+            & (_take(zf, ev1) > znear)
             & (border | (s0 * s1 >= 0))
             & (y_hi >= y_lo)
             & (torch.maximum(ax, bx) + m >= 0)
@@ -332,45 +332,79 @@ def rasterize_contours(
         dx = _take(row_dx0, row_id) + c.float()
         dy = _take(row_dy, row_id)
         cex, cey = _take(gex, row_id), _take(gey, row_id)
-        sp = ((dx * cex + dy * cey) * _take(inv_ee, row_id)).clamp(0.0, 1.0)
+        sp = ((dx * cex + dy * cey) * _take(inv_ee, row_id)).clamp_(0.0, 1.0)
         rx, ry = dx - sp * cex, dy - sp * cey
         d2 = rx * rx + ry * ry
         pix = _take(row_pix, row_id) + c
-        cov = _take(covered.reshape(-1), pix)
-        far = d2 >= m * m
-        big = 4.0 * m * m + 1.0
-        val_out = torch.where(cov | far, big, d2)
-        out_win = _argbest(pix, val_out, P, largest=False)
-        cand = torch.arange(pix.shape[0], device=dev)
-        is_out_win = (_take(out_win, pix) == cand) & ~cov & ~far
-        edge_of = _take(ge, row_id)
+        cov = _take(covered, pix)
+        # Keys >= far are candidates at distance >= m, or ones a pass must ignore; the payload is the
+        # candidate's row (rows follow edge order, a pixel meets a row at most once), so ties go to
+        # the first edge.  Pass 1 (uncovered pixels): nearest contour edge.  Pass 2 (covered
+        # pixels): nearest outline edge, i.e. one that won pass 1 somewhere.  Both passes share one
+        # buffer: pass 1 leaves only ignorable keys on covered pixels, pass 2 only on uncovered ones.
+        far = _hi(m * m)
+        key = _keys(d2, row_id)
+        key_far = key | far
+        key_out = torch.where(cov, key_far, key)
+        best = torch.full((P,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=dev)
+        best.scatter_reduce_(0, pix, key_out, reduce="amin", include_self=True)
+        won = (_take(best, pix) == key_out) & (key_out < far)
+        outer_row = torch.zeros(ge.shape[0], dtype=torch.int32, device=dev)
+        outer_row.scatter_reduce_(0, row_id, won.int(), reduce="amax")
         outer = torch.zeros(B * E, dtype=torch.int32, device=dev)
-        outer.scatter_reduce_(0, edge_of, is_out_win.int(), reduce="amax")
-        in_ok = cov & ~far & (_take(outer, edge_of) > 0)
-        val_in = torch.where(in_ok, d2, big)
-        in_win = _argbest(pix, val_in, P, largest=False)
-        win = torch.where(covered.reshape(-1), in_win, out_win)
-        band_all = torch.nonzero(win >= 0).squeeze(1)
-        wc = _take(win, band_all)
-        # A pixel whose every candidate was far (or not on the outline) "won" with the value big.
-        keep = _take(torch.where(cov, val_in, val_out), wc) < big
-        band = band_all[keep]
-        wc = wc[keep]
-        band_edge = _take(edge_of, wc)
-        inside = _take(covered.reshape(-1), band)
+        outer.scatter_reduce_(0, ge, outer_row, reduce="amax")
+        in_ok = cov & (_take(_take(outer, ge), row_id) > 0)
+        best.scatter_reduce_(0, pix, torch.where(in_ok, key, key_far), reduce="amin", include_self=True)
+        band = torch.nonzero(best < far).squeeze(1)
+        band_edge = _take(ge, _take(best, band) & _LOW)
+        inside = _take(covered, band)
 
     rem = band % (H * W)
     qy = (rem // W).to(uv.dtype)
     qx = (rem % W).to(uv.dtype)
-    bev = ev.index_select(0, band_edge)
+    be0, be1 = _take(ev0, band_edge), _take(ev1, band_edge)
     uf = uv[..., 0].reshape(-1)
     vf = uv[..., 1].reshape(-1)
-    pax, pay = _take(uf, bev[:, 0]), _take(vf, bev[:, 0])
-    pex, pey = _take(uf, bev[:, 1]) - pax, _take(vf, bev[:, 1]) - pay
+    pax, pay = _take(uf, be0), _take(vf, be0)
+    pex, pey = _take(uf, be1) - pax, _take(vf, be1) - pay
     dx, dy = qx - pax, qy - pay
     s = ((dx * pex + dy * pey) / (pex * pex + pey * pey).clamp(min=1e-12)).clamp(0.0, 1.0)
     rx, ry = dx - s * pex, dy - s * pey
     # eps keeps the gradient of sqrt finite when a pixel centre sits on the edge.
     dist = torch.sqrt(rx * rx + ry * ry + 1e-12)
     signed = torch.where(inside, dist, -dist)
-    return ContourFragments(pix=band, signed_dist=signed, edge=band_edge % E, s=s)
+    return ContourFragments(pix=band, signed_dist=signed, edge=band_edge % E, s=s), inside
+
+
+def rasterize_contours(
+    uv: torch.Tensor,
+    z: torch.Tensor,
+    edges: torch.Tensor,
+    edge_opposite: torch.Tensor,
+    edge_valid: torch.Tensor,
+    covered: torch.Tensor,
+    margin: float,
+    znear: float = 1e-3,
+) -> ContourFragments:
+    """Signed distance to the outline for the pixels within ``margin`` of it.
+
+    An edge is a contour edge when its (up to) two faces project to the same side of it; the
+    outline edges are the contour edges nearest to some uncovered pixel (interior contours, e.g. the
+    fold of a duck's neck over its body, never are).  Uncovered pixels take the distance to the
+    nearest contour edge; covered pixels the distance to the nearest outline edge.
+
+    Args:
+        uv: ``(B, V, 2)`` projected vertices.
+        z: ``(B, V)`` depths.
+        edges: ``(B, E, 2)`` vertex ids; ``edge_opposite (B, E, 2)`` third vertices (``-1``: border).
+        edge_valid: ``(B, E)`` bool.
+        covered: ``(B, H, W)`` bool hard coverage.
+        margin: band half-width, pixels.
+
+    Returns:
+        :class:`ContourFragments`.
+    """
+    _, H, W = covered.shape
+    return _rasterize_contours(
+        uv, z, edges, edge_opposite, edge_valid, covered.reshape(-1), (H, W), margin, znear
+    )[0]

@@ -27,9 +27,9 @@ from pose6d_ros.rendering.mesh import MeshBatch
 from pose6d_ros.rendering.rasterizer import (
     ContourFragments,
     Fragments,
+    _rasterize_contours,
+    _rasterize_faces,
     project,
-    rasterize_contours,
-    rasterize_faces,
 )
 
 __all__ = ["RenderSettings", "RenderOutput", "render", "shade_vertices", "soft_step"]
@@ -127,19 +127,29 @@ def shade_vertices(
     return colors * (settings.ambient + settings.diffuse * lambert) * lc
 
 
-def _compose(
-    pix: torch.Tensor, values: torch.Tensor, fill: torch.Tensor, batch: int, size: Tuple[int, int]
-) -> torch.Tensor:
-    """A ``(B, C, H, W)`` image equal to ``fill (C,)`` except at flat pixels ``pix (N,)``, which get
-    ``values (N, C)``.  One 1-D scatter (autograd: a 1-D gather back), no dense temporaries."""
-    H, W = size
-    C = values.shape[1]
-    b = pix // (H * W)
-    hw = pix - b * (H * W)
-    ch = torch.arange(C, device=pix.device)
-    flat = (b[None, :] * C + ch[:, None]) * (H * W) + hw[None, :]  # (C, N)
-    img = fill.to(values.dtype)[None, :, None].expand(batch, C, H * W).contiguous().view(-1)
-    return img.index_put((flat.reshape(-1),), values.t().reshape(-1)).view(batch, C, H, W)
+def _planar(pix: torch.Tensor, channels: int, hw: int) -> torch.Tensor:
+    """``(C, N)`` flat indices of channel ``c`` of flat pixel ``pix (N,)`` in a ``(B, C, H, W)`` image."""
+    if channels == 1:
+        return pix[None]
+    base = pix + (pix // hw) * ((channels - 1) * hw)
+    return base[None, :] + (torch.arange(channels, device=pix.device) * hw)[:, None]
+
+
+def _canvas(fill: Tuple[float, ...], batch: int, size: Tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    """A ``(B, C, H, W)`` image of the constant colour ``fill``."""
+    if all(f == fill[0] for f in fill):
+        return torch.full((batch, len(fill), size[0], size[1]), float(fill[0]), dtype=like.dtype, device=like.device)
+    img = torch.empty((batch, len(fill), size[0], size[1]), dtype=like.dtype, device=like.device)
+    for c, f in enumerate(fill):
+        img[:, c].fill_(float(f))
+    return img
+
+
+def _paint(img: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Write ``values (N, C)`` at ``index (C, N)`` (from :func:`_planar`) of ``img``, in place (autograd:
+    a 1-D gather back; a later paint of the same pixel cuts its earlier value's gradient)."""
+    img.view(-1).index_put_((index.reshape(-1),), values.t().reshape(-1))
+    return img
 
 
 def render(
@@ -191,58 +201,51 @@ def render(
     pts = verts @ R.transpose(1, 2) + t[:, None, :]
     uv, z = project(pts, K.to(dtype))
     faces = mb.faces[idx]
-    frags = rasterize_faces(uv, z, faces, mb.face_valid[idx], (H, W), settings.znear)
+    frags, covered, fv = _rasterize_faces(uv, z, faces, mb.face_valid[idx], (H, W), settings.znear)
 
     normals = mb.vertex_normals[idx] @ R.transpose(1, 2)
     colors = shade_vertices(pts, normals, mb.vertex_colors[idx], settings)  # (B, V, 3)
 
     B = idx.shape[0]
-    fv = faces.reshape(-1, 3).index_select(0, frags.face + (frags.pix // (H * W)) * faces.shape[1])
-    fv = fv + ((frags.pix // (H * W)) * colors.shape[1])[:, None]  # flat vertex ids
+    HW = H * W
     cflat = colors.reshape(-1, 3)
-    face_rgb = (
-        cflat.index_select(0, fv[:, 0]) * frags.bary[:, 0:1]
-        + cflat.index_select(0, fv[:, 1]) * frags.bary[:, 1:2]
-        + cflat.index_select(0, fv[:, 2]) * frags.bary[:, 2:3]
-    )
-    bg = torch.tensor(settings.background, dtype=dtype, device=dev)
-    zero = torch.zeros(1, dtype=dtype, device=dev)
-    depth = _compose(frags.pix, frags.zbuf[:, None], zero, B, (H, W))
+    # Gouraud: the three vertex colours of each covered pixel's face, weighted by its barycentrics.
+    tri_rgb = cflat.index_select(0, fv.reshape(-1)).view(-1, 3, 3)
+    face_rgb = (tri_rgb * frags.bary[:, :, None]).sum(1)
+    depth = _paint(_canvas((0.0,), B, (H, W), frags.zbuf), frags.pix[None], frags.zbuf[:, None])
+    solid_idx = _planar(frags.pix, 3, HW)
+    rgb = _paint(_canvas(settings.background, B, (H, W), face_rgb), solid_idx, face_rgb)
+    sil = _canvas((0.0,), B, (H, W), frags.zbuf)
+    sil.view(-1)[frags.pix] = 1.0
 
     contours = None
-    if settings.hard:
-        ones = torch.ones_like(frags.zbuf)[:, None]
-        sil = _compose(frags.pix, ones, zero, B, (H, W))
-        rgb = _compose(frags.pix, face_rgb, bg, B, (H, W))
-    else:
-        covered = frags.covered()
-        contours = rasterize_contours(
+    if not settings.hard:
+        contours, inside = _rasterize_contours(
             uv,
             z,
             mb.edges[idx],
             mb.edge_opposite[idx],
             mb.edge_valid[idx],
             covered,
+            (H, W),
             settings.margin * settings.sigma,
             settings.znear,
         )
         s_band = soft_step(contours.signed_dist, settings.sigma, settings.margin)[:, None]
-        # Outer band pixels have no face: they take the colour of the nearest outline point.
-        P = B * H * W
-        in_band = torch.zeros(P, dtype=torch.bool, device=dev)
-        in_band[contours.pix] = True
-        slot = torch.full((P,), -1, dtype=torch.int64, device=dev)
-        slot[frags.pix] = torch.arange(frags.pix.shape[0], device=dev)
-        bb = contours.pix // (H * W)
+        # Inner band pixels keep their face colour; outer ones (no face) take the colour of the
+        # nearest outline point.  Both lists are sorted by pixel, so a binary search finds the slot.
+        slot = torch.searchsorted(frags.pix, contours.pix).clamp_(max=max(frags.pix.shape[0] - 1, 0))
+        bb = contours.pix // HW
         ev = mb.edges[idx].reshape(-1, 2).index_select(0, contours.edge + bb * mb.edges.shape[1])
         ev = ev + (bb * colors.shape[1])[:, None]
         edge_rgb = torch.lerp(cflat.index_select(0, ev[:, 0]), cflat.index_select(0, ev[:, 1]), contours.s[:, None])
-        cslot = slot.index_select(0, contours.pix)
-        inner_rgb = face_rgb.index_select(0, cslot.clamp(min=0))
-        band_rgb = torch.where((cslot >= 0)[:, None], inner_rgb, edge_rgb)
+        if frags.pix.shape[0]:
+            band_rgb = torch.where(inside[:, None], face_rgb.index_select(0, slot), edge_rgb)
+        else:
+            band_rgb = edge_rgb
+        bg = torch.tensor(settings.background, dtype=dtype, device=dev)
         band_rgb = band_rgb * s_band + bg * (1.0 - s_band)
-        solid = ~in_band.index_select(0, frags.pix)
-        pix_all = torch.cat([frags.pix[solid], contours.pix])
-        sil = _compose(pix_all, torch.cat([torch.ones_like(frags.zbuf[solid])[:, None], s_band]), zero, B, (H, W))
-        rgb = _compose(pix_all, torch.cat([face_rgb[solid], band_rgb]), bg, B, (H, W))
+        # The band overwrites the solid paint of its covered pixels.
+        sil = _paint(sil, contours.pix[None], s_band)
+        rgb = _paint(rgb, _planar(contours.pix, 3, HW), band_rgb)
     return RenderOutput(rgb=rgb, silhouette=sil, depth=depth, fragments=frags, contours=contours)
