@@ -115,7 +115,9 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class RecallReport:
     """Box recall of a detector on a BOP split.
 
-    ``recall[(gt, rule, thr)]``: fraction of GT instances found, with ``gt`` in ``{"visib", "obj"}``
+    ``recall[(subset, gt, rule, thr)]``: fraction of GT instances found; ``subset`` ``"all"`` (every
+    counted instance, clutter included) or ``"target"`` (LINEMOD's protocol: only the object whose id
+    is the scene id), ``gt`` in ``{"visib", "obj"}``
     (GT ``bbox_visib`` / ``bbox_obj``), ``rule`` ``"any"`` (some detection of the object's class with
     score >= ``min_score`` has IoU >= ``thr``) or ``"top1"`` (the class's highest-scoring detection
     in the image does: what a pose pipeline taking one box per object sees).
@@ -124,6 +126,7 @@ class RecallReport:
     split: str
     n_images: int
     n_instances: int
+    n_targets: int
     min_score: float
     min_visib_fract: float
     recall: Dict[tuple, float] = field(default_factory=dict)
@@ -131,13 +134,14 @@ class RecallReport:
     device: str = "cpu"
 
     def summary(self) -> str:
-        lines = [f"{self.split}: {self.n_instances} GT instances (visib_fract >= {self.min_visib_fract}) in "
-                 f"{self.n_images} images; score >= {self.min_score}; "
+        lines = [f"{self.split}: {self.n_images} images, {self.n_instances} GT instances with visib_fract >= "
+                 f"{self.min_visib_fract} ({self.n_targets} targets); score >= {self.min_score}; "
                  f"mean inference {self.mean_time_s * 1000:.0f} ms/image on {self.device}"]
-        for gt in ("visib", "obj"):
-            for rule in ("any", "top1"):
-                vals = ", ".join(f"IoU>={t}: {100 * self.recall[(gt, rule, t)]:.2f}%" for t in (0.5, 0.75))
-                lines.append(f"  recall vs bbox_{gt} ({rule}): {vals}")
+        for subset in ("target", "all"):
+            for gt in ("visib", "obj"):
+                for rule in ("any", "top1"):
+                    vals = ", ".join(f"IoU>={t}: {100 * self.recall[(subset, gt, rule, t)]:.2f}%" for t in (0.5, 0.75))
+                    lines.append(f"  {subset:6s} recall vs bbox_{gt} ({rule}): {vals}")
         return "\n".join(lines)
 
 
@@ -147,7 +151,8 @@ def evaluate_recall(detector: Detector, bop_split_dir: str | os.PathLike, regist
     """Box recall at IoU 0.5 and 0.75 against a BOP split's GT boxes, and mean CPU time per image.
 
     Instances of objects the detector has no class for, and instances less visible than
-    ``min_visib_fract`` (needs ``scene_gt_info.json``), are not counted.
+    ``min_visib_fract`` (needs ``scene_gt_info.json``), are not counted. ``max_images`` evaluates
+    that many images spread evenly over the split (sorted by scene and image id).
     """
     from pose6d_ros.data.bop import BopDataset
 
@@ -160,11 +165,14 @@ def evaluate_recall(detector: Detector, bop_split_dir: str | os.PathLike, regist
     for inst in ds.instances:
         if inst.obj_id in known:
             by_image.setdefault((inst.scene_id, inst.im_id), []).append(inst)
-    images = sorted(by_image)[: max_images or None]
+    images = sorted(by_image)
+    if max_images is not None and 0 < max_images < len(images):  # evenly spread over the scenes
+        images = [images[int(i)] for i in np.linspace(0, len(images) - 1, max_images).round()]
     saved, detector.min_score = detector.min_score, 0.0
     thr = (0.5, 0.75)
-    hits = {(g, r, t): 0 for g in ("visib", "obj") for r in ("any", "top1") for t in thr}
-    n, times = 0, []
+    hits = {(s, g, r, t): 0 for s in ("all", "target") for g in ("visib", "obj") for r in ("any", "top1")
+            for t in thr}
+    n, n_target, times = 0, 0, []
     try:
         for key in images:
             rgb = ds.load_rgb(*key)
@@ -175,7 +183,9 @@ def evaluate_recall(detector: Detector, bop_split_dir: str | os.PathLike, regist
                 info = ds.gt_info(inst)
                 if info is None:
                     raise ValueError(f"{split}: scene {inst.scene_id}: scene_gt_info.json needed for GT boxes")
+                subsets = ("all", "target") if inst.obj_id == inst.scene_id else ("all",)
                 n += 1
+                n_target += len(subsets) - 1
                 mine = [d for d in dets if d.obj_id == inst.obj_id]
                 if not mine:
                     continue
@@ -186,10 +196,12 @@ def evaluate_recall(detector: Detector, bop_split_dir: str | os.PathLike, regist
                     best_any = float(iou[scores >= min_score].max()) if bool((scores >= min_score).any()) else 0.0
                     top1 = float(iou[int(scores.argmax())]) if float(scores.max()) >= min_score else 0.0
                     for t in thr:
-                        hits[(g, "any", t)] += best_any >= t
-                        hits[(g, "top1", t)] += top1 >= t
+                        for sub in subsets:
+                            hits[(sub, g, "any", t)] += best_any >= t
+                            hits[(sub, g, "top1", t)] += top1 >= t
     finally:
         detector.min_score = saved
-    return RecallReport(split=str(split), n_images=len(images), n_instances=n, min_score=min_score,
-                        min_visib_fract=min_visib_fract, recall={k: v / max(n, 1) for k, v in hits.items()},
+    recall = {k: v / max(n if k[0] == "all" else n_target, 1) for k, v in hits.items()}
+    return RecallReport(split=str(split), n_images=len(images), n_instances=n, n_targets=n_target,
+                        min_score=min_score, min_visib_fract=min_visib_fract, recall=recall,
                         mean_time_s=float(np.mean(times)) if times else float("nan"), device=str(detector.device))

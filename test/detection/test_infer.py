@@ -75,12 +75,16 @@ def test_recall_bookkeeping(split, registry):
     oracle = _Oracle(dets)
     rep = evaluate_recall(oracle, split, registry, min_score=0.3, min_visib_fract=0.1)
     assert (rep.n_images, rep.n_instances) == (2, 3)  # obj 99 is no class of the detector
+    assert rep.n_targets == 2  # object 1 in scene 1, in both images
     r = rep.recall
-    assert r[("visib", "any", 0.5)] == pytest.approx(2 / 3)
-    assert r[("visib", "any", 0.75)] == pytest.approx(1 / 3)
-    assert r[("visib", "top1", 0.5)] == pytest.approx(1 / 3)
-    assert r[("obj", "any", 0.5)] == pytest.approx(2 / 3)  # IoU(visib, obj) of object 2 = 400/800 = 0.5
-    assert r[("obj", "any", 0.75)] == pytest.approx(0.0)
+    assert r[("all", "visib", "any", 0.5)] == pytest.approx(2 / 3)
+    assert r[("all", "visib", "any", 0.75)] == pytest.approx(1 / 3)
+    assert r[("all", "visib", "top1", 0.5)] == pytest.approx(1 / 3)
+    assert r[("all", "obj", "any", 0.5)] == pytest.approx(2 / 3)  # IoU(visib, obj) of object 2 = 400/800 = 0.5
+    assert r[("all", "obj", "any", 0.75)] == pytest.approx(0.0)
+    assert r[("target", "visib", "any", 0.5)] == pytest.approx(1 / 2)
+    assert r[("target", "visib", "any", 0.75)] == pytest.approx(0.0)
+    assert r[("target", "visib", "top1", 0.5)] == pytest.approx(0.0)
     assert oracle.min_score == 0.3  # restored
     assert "recall vs bbox_visib" in rep.summary()
 
