@@ -120,7 +120,8 @@ class RecallReport:
     is the scene id), ``gt`` in ``{"visib", "obj"}``
     (GT ``bbox_visib`` / ``bbox_obj``), ``rule`` ``"any"`` (some detection of the object's class with
     score >= ``min_score`` has IoU >= ``thr``) or ``"top1"`` (the class's highest-scoring detection
-    in the image does: what a pose pipeline taking one box per object sees).
+    in the image does: what a pose pipeline taking one box per object sees) or ``"agnostic"`` (a
+    detection of any class with score >= ``min_score`` has IoU >= ``thr``: localisation alone).
     """
 
     split: str
@@ -139,7 +140,7 @@ class RecallReport:
                  f"mean inference {self.mean_time_s * 1000:.0f} ms/image on {self.device}"]
         for subset in ("target", "all"):
             for gt in ("visib", "obj"):
-                for rule in ("any", "top1"):
+                for rule in ("any", "top1", "agnostic"):
                     vals = ", ".join(f"IoU>={t}: {100 * self.recall[(subset, gt, rule, t)]:.2f}%" for t in (0.5, 0.75))
                     lines.append(f"  {subset:6s} recall vs bbox_{gt} ({rule}): {vals}")
         return "\n".join(lines)
@@ -170,7 +171,7 @@ def evaluate_recall(detector: Detector, bop_split_dir: str | os.PathLike, regist
         images = [images[int(i)] for i in np.linspace(0, len(images) - 1, max_images).round()]
     saved, detector.min_score = detector.min_score, 0.0
     thr = (0.5, 0.75)
-    hits = {(s, g, r, t): 0 for s in ("all", "target") for g in ("visib", "obj") for r in ("any", "top1")
+    hits = {(s, g, r, t): 0 for s in ("all", "target") for g in ("visib", "obj") for r in ("any", "top1", "agnostic")
             for t in thr}
     n, n_target, times = 0, 0, []
     try:
@@ -186,13 +187,22 @@ def evaluate_recall(detector: Detector, bop_split_dir: str | os.PathLike, regist
                 subsets = ("all", "target") if inst.obj_id == inst.scene_id else ("all",)
                 n += 1
                 n_target += len(subsets) - 1
+                gts = {g: torch.tensor([bop_box_to_edges(b)], dtype=torch.float64)
+                       for g, b in (("visib", info.bbox_visib), ("obj", info.bbox_obj))}
+                confident = [d.box for d in dets if d.score >= min_score]
+                if confident:
+                    for g, gt_box in gts.items():
+                        best = float(box_iou(gt_box, torch.tensor(confident, dtype=torch.float64)).max())
+                        for t in thr:
+                            for sub in subsets:
+                                hits[(sub, g, "agnostic", t)] += best >= t
                 mine = [d for d in dets if d.obj_id == inst.obj_id]
                 if not mine:
                     continue
                 boxes = torch.tensor([d.box for d in mine], dtype=torch.float64)
                 scores = torch.tensor([d.score for d in mine])
-                for g, bop in (("visib", info.bbox_visib), ("obj", info.bbox_obj)):
-                    iou = box_iou(torch.tensor([bop_box_to_edges(bop)], dtype=torch.float64), boxes)[0]
+                for g, gt_box in gts.items():
+                    iou = box_iou(gt_box, boxes)[0]
                     best_any = float(iou[scores >= min_score].max()) if bool((scores >= min_score).any()) else 0.0
                     top1 = float(iou[int(scores.argmax())]) if float(scores.max()) >= min_score else 0.0
                     for t in thr:

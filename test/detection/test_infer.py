@@ -85,6 +85,9 @@ def test_recall_bookkeeping(split, registry):
     assert r[("target", "visib", "any", 0.5)] == pytest.approx(1 / 2)
     assert r[("target", "visib", "any", 0.75)] == pytest.approx(0.0)
     assert r[("target", "visib", "top1", 0.5)] == pytest.approx(0.0)
+    # class-agnostic: object 3's 5%-visible box is no GT, but object 1's shifted box still is found
+    assert r[("all", "visib", "agnostic", 0.5)] == pytest.approx(2 / 3)
+    assert r[("target", "visib", "agnostic", 0.5)] == pytest.approx(1 / 2)
     assert oracle.min_score == 0.3  # restored
     assert "recall vs bbox_visib" in rep.summary()
 
