@@ -9,13 +9,13 @@ Box convention inside torchvision: pixel ``j`` spans ``[j, j + 1)``, so a box is
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-__all__ = ["ARCHS", "TV_OFFSET", "DetectorSpec", "build_detector", "save_detector", "load_detector",
+__all__ = ["ARCHS", "TV_OFFSET", "DetectorSpec", "build_detector", "build_from_spec", "save_detector", "load_detector",
            "DetectorCheckpointError"]
 
 ARCHS = ("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_resnet50_fpn")
@@ -101,6 +101,7 @@ def build_detector(num_classes: int, *, arch: str = ARCHS[0], min_size: int = 24
 
 
 def build_from_spec(spec: DetectorSpec, backbone_weights: Optional[str | os.PathLike] = None) -> torch.nn.Module:
+    """:func:`build_detector` with the architecture and sizes of ``spec``."""
     return build_detector(spec.num_classes, arch=spec.arch, min_size=spec.min_size, max_size=spec.max_size,
                           box_head_dim=spec.box_head_dim, rpn_post_nms_train=spec.rpn_post_nms_train,
                           box_batch=spec.box_batch, backbone_weights=backbone_weights)
