@@ -22,7 +22,7 @@ Pixel ``(i, j)`` is sampled at ``(u, v) = (j, i)`` (OpenCV, docs/conventions.md)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -142,9 +142,10 @@ def _rasterize_faces(
     face_valid: torch.Tensor,
     size: Tuple[int, int],
     znear: float = 1e-3,
-) -> Tuple[Fragments, torch.Tensor, torch.Tensor]:
-    """:func:`rasterize_faces`, plus the ``(B * H * W,)`` bool coverage and the ``(N, 3)`` flat
-    (batch-offset) vertex ids of each covered pixel's face, which the shaders reuse."""
+) -> Tuple[Fragments, torch.Tensor, torch.Tensor, List[torch.Tensor]]:
+    """:func:`rasterize_faces`, plus, for the shaders: the ``(B * H * W,)`` bool coverage, the
+    ``(B * H * W,)`` index of each pixel in ``Fragments.pix`` (-1: uncovered) and three ``(N,)`` flat
+    (batch-offset) vertex ids of each covered pixel's face."""
     B, V = uv.shape[:2]
     F = faces.shape[1]
     H, W = size
@@ -209,6 +210,8 @@ def _rasterize_faces(
         covered = best >= 0
         cov_pix = torch.nonzero(covered).squeeze(1)
         cov_face = _take(gface, _take(best, cov_pix) & _LOW)  # global face id b * F + f
+        # The key buffer becomes the map pixel -> slot in cov_pix (-1 where uncovered), for shaders.
+        slot = best.scatter_(0, cov_pix, torch.arange(cov_pix.shape[0], device=dev))
 
     # Differentiable recomputation for the winners only.
     rem = cov_pix % (H * W)
@@ -230,7 +233,7 @@ def _rasterize_faces(
     invz_d = p0 + p1 + p2
     bary = torch.stack([p0, p1, p2], -1) / invz_d[:, None]
     frags = Fragments(pix=cov_pix, face=cov_face % F, bary=bary, zbuf=1.0 / invz_d, size=(B, H, W))
-    return frags, covered, torch.stack(fv, -1)
+    return frags, covered, slot, fv
 
 
 def rasterize_faces(

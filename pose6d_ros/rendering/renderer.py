@@ -146,9 +146,12 @@ def _canvas(fill: Tuple[float, ...], batch: int, size: Tuple[int, int], like: to
 
 
 def _paint(img: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Write ``values (N, C)`` at ``index (C, N)`` (from :func:`_planar`) of ``img``, in place (autograd:
-    a 1-D gather back; a later paint of the same pixel cuts its earlier value's gradient)."""
-    img.view(-1).index_put_((index.reshape(-1),), values.t().reshape(-1))
+    """Write planar ``values (C, N)`` at ``index (C, N)`` (from :func:`_planar`) of ``img``, in place.
+
+    A 1-D ``scatter_`` (several times faster on the CPU than ``index_put_``; indices are unique);
+    autograd: a 1-D gather back, and a later paint of the same pixel cuts its earlier value's gradient.
+    """
+    img.view(-1).scatter_(0, index.reshape(-1), values.reshape(-1))
     return img
 
 
@@ -201,22 +204,24 @@ def render(
     pts = verts @ R.transpose(1, 2) + t[:, None, :]
     uv, z = project(pts, K.to(dtype))
     faces = mb.faces[idx]
-    frags, covered, fv = _rasterize_faces(uv, z, faces, mb.face_valid[idx], (H, W), settings.znear)
+    frags, covered, slot, fv = _rasterize_faces(uv, z, faces, mb.face_valid[idx], (H, W), settings.znear)
 
     normals = mb.vertex_normals[idx] @ R.transpose(1, 2)
     colors = shade_vertices(pts, normals, mb.vertex_colors[idx], settings)  # (B, V, 3)
 
     B = idx.shape[0]
     HW = H * W
-    cflat = colors.reshape(-1, 3)
+    # Colours are kept planar, (3, .), the layout of the (B, 3, H, W) image, so painting is 1-D.
+    cplanar = colors.reshape(-1, 3).t()  # (3, B * V)
     # Gouraud: the three vertex colours of each covered pixel's face, weighted by its barycentrics.
-    tri_rgb = cflat.index_select(0, fv.reshape(-1)).view(-1, 3, 3)
-    face_rgb = (tri_rgb * frags.bary[:, :, None]).sum(1)
-    depth = _paint(_canvas((0.0,), B, (H, W), frags.zbuf), frags.pix[None], frags.zbuf[:, None])
-    solid_idx = _planar(frags.pix, 3, HW)
-    rgb = _paint(_canvas(settings.background, B, (H, W), face_rgb), solid_idx, face_rgb)
+    bary_t = frags.bary.t()
+    face_rgb = cplanar.index_select(1, fv[0]) * bary_t[0]
+    face_rgb = torch.addcmul(face_rgb, cplanar.index_select(1, fv[1]), bary_t[1])
+    face_rgb = torch.addcmul(face_rgb, cplanar.index_select(1, fv[2]), bary_t[2])  # (3, N)
+    depth = _paint(_canvas((0.0,), B, (H, W), frags.zbuf), frags.pix[None], frags.zbuf[None])
+    rgb = _paint(_canvas(settings.background, B, (H, W), face_rgb), _planar(frags.pix, 3, HW), face_rgb)
     sil = _canvas((0.0,), B, (H, W), frags.zbuf)
-    sil.view(-1)[frags.pix] = 1.0
+    sil.view(-1).index_fill_(0, frags.pix, 1.0)
 
     contours = None
     if not settings.hard:
@@ -231,19 +236,19 @@ def render(
             settings.margin * settings.sigma,
             settings.znear,
         )
-        s_band = soft_step(contours.signed_dist, settings.sigma, settings.margin)[:, None]
+        s_band = soft_step(contours.signed_dist, settings.sigma, settings.margin)[None]  # (1, M)
         # Inner band pixels keep their face colour; outer ones (no face) take the colour of the
-        # nearest outline point.  Both lists are sorted by pixel, so a binary search finds the slot.
-        slot = torch.searchsorted(frags.pix, contours.pix).clamp_(max=max(frags.pix.shape[0] - 1, 0))
+        # nearest outline point.
         bb = contours.pix // HW
-        ev = mb.edges[idx].reshape(-1, 2).index_select(0, contours.edge + bb * mb.edges.shape[1])
-        ev = ev + (bb * colors.shape[1])[:, None]
-        edge_rgb = torch.lerp(cflat.index_select(0, ev[:, 0]), cflat.index_select(0, ev[:, 1]), contours.s[:, None])
-        if frags.pix.shape[0]:
-            band_rgb = torch.where(inside[:, None], face_rgb.index_select(0, slot), edge_rgb)
-        else:
-            band_rgb = edge_rgb
-        bg = torch.tensor(settings.background, dtype=dtype, device=dev)
+        eflat = (contours.edge + bb * mb.edges.shape[1]) * 2
+        edges_flat = mb.edges[idx].reshape(-1)
+        voff = bb * colors.shape[1]
+        ea = edges_flat.index_select(0, eflat) + voff
+        eb = edges_flat.index_select(0, eflat + 1) + voff
+        edge_rgb = torch.lerp(cplanar.index_select(1, ea), cplanar.index_select(1, eb), contours.s[None])
+        cslot = slot.index_select(0, contours.pix).clamp_(min=0)
+        band_rgb = torch.where(inside[None], face_rgb.index_select(1, cslot), edge_rgb)
+        bg = torch.tensor(settings.background, dtype=dtype, device=dev)[:, None]
         band_rgb = band_rgb * s_band + bg * (1.0 - s_band)
         # The band overwrites the solid paint of its covered pixels.
         sil = _paint(sil, contours.pix[None], s_band)
