@@ -45,6 +45,19 @@ class TimedPredictor:
         return out
 
 
+def _ort_variant(path: Path, intra_op_threads: int, spin: bool = True, level: str = "all"):
+    import onnxruntime as ort
+
+    from pose6d_ros.runtime.backends import default_session_options
+
+    so = default_session_options(intra_op_threads)
+    if level == "basic":
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
 def frame(n_det: int, registry: ObjectRegistry, rng: np.random.Generator):
     image = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
     names = registry.names
@@ -83,12 +96,12 @@ def main(argv=None) -> int:
     }
     print(f"# {len(registry)} objects, backbone {card.backbone}, crop {card.crop_size}, threads {args.threads}, "
           f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}")
-    print(f"{'detections':>10} | {'backend':<12} | {'median ms':>9} | {'p90 ms':>7} | {'network %':>9} | speed-up")
+    print(f"{'detections':>10} | {'backend':<12} | {'median ms':>9} | {'p90 ms':>7} | {'network ms':>10} | speed-up")
     rng = np.random.default_rng(0)
     for n in args.counts:
         frames = [frame(n, registry, rng) for _ in range(args.warmup + args.frames)]
         times = {k: [] for k in backends}
-        net_share = {k: [] for k in backends}
+        net_ms = {k: [] for k in backends}
         for i, (image, dets) in enumerate(frames):
             for name, est in backends.items():
                 est.predictor.spent = 0.0
@@ -98,13 +111,44 @@ def main(argv=None) -> int:
                 assert len(out) == n
                 if i >= args.warmup:
                     times[name].append(dt * 1e3)
-                    net_share[name].append(est.predictor.spent * 1e3 / (dt * 1e3))
+                    net_ms[name].append(est.predictor.spent * 1e3)
         med = {k: statistics.median(v) for k, v in times.items()}
         for name in backends:
             p90 = float(np.percentile(times[name], 90))
             ratio = med["torch eager"] / med[name]
-            print(f"{n:>10} | {name:<12} | {med[name]:9.1f} | {p90:7.1f} | {100 * statistics.median(net_share[name]):8.0f}% "
+            print(f"{n:>10} | {name:<12} | {med[name]:9.1f} | {p90:7.1f} | {statistics.median(net_ms[name]):10.1f} "
                   f"| {ratio:.2f}x")
+
+    print("\n# network alone (predict on ready crops), ONNX Runtime variants; speed-up over torch eager")
+    variants = {
+        f"ORT all-opt, {args.threads} thr": dict(intra_op_threads=args.threads),
+        "ORT all-opt, 1 thr": dict(intra_op_threads=1),
+        f"ORT all-opt, {args.threads} thr, no spin": dict(intra_op_threads=args.threads, spin=False),
+        f"ORT basic-opt, {args.threads} thr": dict(intra_op_threads=args.threads, level="basic"),
+    }
+    sessions = {k: _ort_variant(tmp / "model.onnx", **v) for k, v in variants.items()}
+    torch_pred = TorchPredictor(net, card, "cpu")
+    print(f"{'batch':>5} | {'torch ms':>8} | " + " | ".join(f"{k:>26}" for k in variants))
+    for n in args.counts:
+        crops = torch.rand(n, 3, card.crop_size, card.crop_size)
+        idx = torch.arange(n) % len(registry)
+        feed = {"crops": crops.numpy(), "object_index": idx.numpy()}
+        t_torch, t_ort = [], {k: [] for k in sessions}
+        for i in range(args.warmup + args.frames):
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                torch_pred.model(crops, idx)
+            t_torch.append(time.perf_counter() - t0)
+            for k, sess in sessions.items():
+                t0 = time.perf_counter()
+                sess.run(None, feed)
+                t_ort[k].append(time.perf_counter() - t0)
+        mt = statistics.median(t_torch[args.warmup:]) * 1e3
+        cells = []
+        for k in sessions:
+            mo = statistics.median(t_ort[k][args.warmup:]) * 1e3
+            cells.append(f"{mo:8.1f} ms ({mt / mo:4.2f}x)".rjust(26))
+        print(f"{n:>5} | {mt:8.1f} | " + " | ".join(cells))
     return 0
 
 

@@ -156,6 +156,7 @@ class Estimator:
             ValueError: if the image is malformed or does not match the camera size (a
             detection never raises).
         """
+        image = _checked_image(image, camera)
         parsed = [_parse_detection(d) for d in detections]
         n = len(parsed)
         if n == 0:
@@ -229,15 +230,8 @@ class Estimator:
         Only that region is converted to float: for a few detections it is a small part of the
         frame. Scaling to [0, 1] is left to the (much smaller) crops, since resampling is linear.
         """
-        if isinstance(image, np.ndarray):
-            image = torch.from_numpy(image)
-        if not isinstance(image, torch.Tensor):
-            raise TypeError(f"image: expected a NumPy array or a torch.Tensor, got {type(image).__name__}")
+        image = _checked_image(image, camera)
         hwc = image.dtype == torch.uint8
-        if hwc:
-            check_shape(image, (camera.height, camera.width, 3), "image")
-        else:
-            check_shape(image, (3, camera.height, camera.width), "image")
         # Bilinear taps reach at most one pixel past a window; one more for rounding.
         x0 = int(np.clip(np.floor(windows[:, 0].min()) - 2, 0, camera.width))
         y0 = int(np.clip(np.floor(windows[:, 1].min()) - 2, 0, camera.height))
@@ -278,6 +272,21 @@ class Estimator:
         fail[failed.numpy()] = "pnp_failed"
         fail[~finite_kp.numpy()] = "non_finite_keypoints"
         return (pnp.R.numpy(), pnp.t.numpy(), uv_img.numpy(), pnp.reprojection_error.numpy(), fail)
+
+
+def _checked_image(image, camera: CameraModel) -> torch.Tensor:
+    """``image`` as a tensor (no copy), after checking its type and size against ``camera``."""
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(image)
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"image: expected a NumPy array or a torch.Tensor, got {type(image).__name__}")
+    if image.dtype == torch.uint8:
+        check_shape(image, (camera.height, camera.width, 3), "image")
+    elif image.is_floating_point():
+        check_shape(image, (3, camera.height, camera.width), "image")
+    else:
+        raise TypeError(f"image: expected uint8 (H, W, 3) or float (3, H, W), got {image.dtype}")
+    return image
 
 
 def _crop_to_image(normalised: torch.Tensor, windows: torch.Tensor, size: int) -> torch.Tensor:

@@ -146,6 +146,8 @@ def test_construction_and_frame_errors(registry, card, camera):
     est = Estimator(TorchPredictor(net, card), registry)
     with pytest.raises(ValueError, match="image"):
         est.estimate(np.zeros((100, 100, 3), np.uint8), camera, [("duck", (1, 1, 20, 20), 1.0)])
+    with pytest.raises(ValueError, match="image"):  # even when no detection is usable
+        est.estimate(np.zeros((480, 640), np.uint8), camera, [("zebra", (1, 1, 20, 20), 1.0)])
     with pytest.raises(TypeError, match="model"):
         Estimator(object(), registry)
 
@@ -186,3 +188,14 @@ def test_crops_match_opencv_warp_of_the_full_image(registry, card, camera):
         K = np.asarray(camera.K)
         A = np.array([[s, 0, -window[0] * s - 0.5], [0, s, -window[1] * s - 0.5], [0, 0, 1]])
         np.testing.assert_allclose(crops.K[i].numpy(), A @ K, atol=1e-9)
+
+
+def test_float_tensor_image_gives_the_same_crops(registry, card, camera):
+    rec = _RecordingPredictor(card)
+    est = Estimator(rec, registry)
+    image = _image(camera)
+    dets = [("cat", (10.0, 20.0, 90.0, 70.0), 1.0), ("duck", (300.5, 200.25, 371.0, 290.0), 1.0)]
+    est.estimate(image, camera, dets)
+    from_uint8 = rec.seen[0].images.clone()
+    est.estimate(torch.from_numpy(image).permute(2, 0, 1).float() / 255.0, camera, dets)
+    torch.testing.assert_close(rec.seen[0].images, from_uint8, atol=1e-5, rtol=0)
