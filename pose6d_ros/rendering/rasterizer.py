@@ -329,6 +329,18 @@ def _rasterize_contours(
         row_dy = y - gay
         row_dx0 = xl - gax
         row_pix = (ge // E) * (H * W) + y.long() * W + xl.long()
+        # An edge with no uncovered pixel in its band can win no uncovered pixel, so is no outline
+        # edge and loses both passes everywhere: drop it before expanding (interior folds are
+        # most of the contour edges).  A prefix sum of uncovered pixels counts a row's span.
+        uncov = torch.cumsum((~covered).to(torch.int32), 0, dtype=torch.int32)
+        before = torch.cat([uncov.new_zeros(1), uncov])  # uncovered pixels before flat pixel p
+        live = cols > 0
+        p_lo = torch.where(live, row_pix, 0)
+        p_hi = torch.where(live, row_pix + cols, 0)  # one past the span; may be P
+        seen = ((_take(before, p_hi) - _take(before, p_lo)) > 0) & live
+        edge_seen = torch.zeros(B * E, dtype=torch.int32, device=dev)
+        edge_seen.scatter_reduce_(0, ge, seen.to(torch.int32), reduce="amax")
+        cols = torch.where(_take(edge_seen, ge) > 0, cols, 0)
 
         # (pixel, edge) candidates: squared distance to the segment.
         row_id, c = _expand(cols)
