@@ -167,7 +167,8 @@ def throughput(batch: int = 16, reps: int = 5) -> Dict[str, float]:
     out["reference_s"] = timeit(ref)
     for bb in ("mobilenet_v3_small", "resnet18"):
         cfg = load_config(None, ["data.objects=[1]", f"model.backbone={bb}", "init.freeze_bn=true",
-                                 "data.synthetic_per_object=64", "selfsup.render.max_faces=2000"])
+                                 "data.synthetic_per_object=64", "selfsup.render.max_faces=2000",
+                                 "data.synthetic_cache_dir="])
         obj = build_objects(cfg)
         model = build_model(cfg, obj, torch.device("cpu"))
         src = SyntheticSource(cfg, obj, batch, 0)

@@ -105,15 +105,21 @@ class SyntheticSource:
     first use) and kept as uint8; colour augmentation is drawn fresh each step on top.
     """
 
-    def __init__(self, cfg: Dict[str, Any], objects: RunObjects, batch_size: int, seed: int,
+    def __init__(self, cfg: Dict[str, Any], objects: RunObjects, batch_size: int, sampler_seed: int,
                  color_aug: bool = True, cache: Optional[bool] = None) -> None:
         from pose6d_ros.data.synthetic import SyntheticConfig, SyntheticCrops
 
         n = int(get(cfg, "data.synthetic_per_object")) * len(objects.ids)
         S = int(get(cfg, "data.crop_size"))
+        seed = int(get(cfg, "seed", 0))  # the pool itself; the order of draws follows sampler_seed
         scfg = SyntheticConfig(size=S, object_ids=objects.ids)
         self.ds = SyntheticCrops(objects.registry, n, scfg, seed=seed)
-        self.sampler = StepSampler(n, batch_size, seed=seed)
+        self.sampler = StepSampler(n, batch_size, seed=sampler_seed)
+        cache_dir = get(cfg, "data.synthetic_cache_dir")
+        self.cache_file = None
+        if cache_dir:
+            key = f"{get(cfg, 'data.suite', 'x')}_o{'-'.join(map(str, objects.ids))}_s{S}_n{n}_seed{seed}.pt"
+            self.cache_file = Path(cache_dir) / key
         self.lut = objects.row_lookup()
         self.color_aug = color_aug
         self.cache = bool(get(cfg, "data.synthetic_cache", True)) if cache is None else cache
@@ -124,6 +130,10 @@ class SyntheticSource:
             self._K = torch.zeros(n, 3, 3)
             self._obj = torch.zeros(n, dtype=torch.long)
             self._have = torch.zeros(n, dtype=torch.bool)
+            if self.cache_file is not None and self.cache_file.is_file():
+                st = torch.load(self.cache_file, weights_only=True)
+                self._img, self._kp, self._K, self._obj, self._have = (st[k] for k in ("img", "kp", "K", "obj", "have"))
+                log.info("synthetic pool: %d/%d crops from %s", int(self._have.sum()), n, self.cache_file)
 
     CHUNK = 32
 
@@ -143,8 +153,23 @@ class SyntheticSource:
             self._img[t] = (b["image"].clamp(0, 1) * 255).round().to(torch.uint8)
             self._kp[t], self._K[t], self._obj[t] = b["keypoints"], b["K_crop"], self.lut[b["obj_index"]]
             self._have[t] = True
+            if self.cache_file is not None and bool(self._have.all()):
+                self._save_pool()
         return {"image": self._img[ix].float() / 255.0, "keypoints": self._kp[ix], "object_index": self._obj[ix],
                 "K": self._K[ix]}
+
+    def _save_pool(self) -> None:
+        import os
+
+        from pose6d_ros.training import distributed as du
+
+        if not du.is_main():
+            return
+        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.cache_file.with_name(self.cache_file.name + f".tmp{os.getpid()}")
+        torch.save({"img": self._img, "kp": self._kp, "K": self._K, "obj": self._obj, "have": self._have}, tmp)
+        os.replace(tmp, self.cache_file)
+        log.info("synthetic pool saved to %s", self.cache_file)
 
     def __call__(self, step: int, rank: int = 0, world: int = 1) -> Dict[str, torch.Tensor]:
         from pose6d_ros.data.augment import color_augment

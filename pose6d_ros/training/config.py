@@ -28,6 +28,7 @@ DEFAULTS: Dict[str, Any] = {
         "crop_size": 64,
         "synthetic_per_object": 2000,  # source-domain crops (data/synthetic.py)
         "synthetic_cache": True,  # render each synthetic crop once, keep it (uint8) in memory
+        "synthetic_cache_dir": "runs/cache",  # ... and on disk once complete (shared by runs; None = off)
         "diag_per_object": 32,  # crops of diag/ per object, for drift monitoring only (never a loss)
         "batch_size": 16,
         "synthetic_batch_size": 16,
