@@ -182,6 +182,8 @@ def _rasterize_faces(
         pb = (Bc[0] / z0 + Bc[1] / z1 + Bc[2] / z2) * ia
         pc = (C[0] / z0 + C[1] / z1 + C[2] / z2) * ia
 
+        face_row0 = (torch.arange(B * F, device=dev) // F) * (H * W) + ymin.long() * W
+
         # (face, row) pairs; each row's covered span is an intersection of three half-lines.
         gface, r = _expand(rows)
         y = _take(ymin, gface) + r.float()
@@ -197,7 +199,7 @@ def _rasterize_faces(
         cols = (torch.floor(hi) - xl + 1).clamp(min=0).long()
         row_pa = _take(pa, gface)
         row_i0 = row_pa * xl + _take(pb, gface) * y + _take(pc, gface)
-        row_pix = (gface // F) * (H * W) + y.long() * W + xl.long()
+        row_pix = _take(face_row0, gface) + r * W + xl.long()
 
         # (pixel, face) candidates and the z-buffer.  The key's payload is the candidate's row: rows
         # follow face order and a pixel meets a row at most once, so the largest row is the largest
