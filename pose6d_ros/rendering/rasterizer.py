@@ -334,7 +334,7 @@ def _rasterize_contours(
         # An edge with no uncovered pixel in its band can win no uncovered pixel, so is no outline
         # edge and loses both passes everywhere: drop it before expanding (interior folds are
         # most of the contour edges).  A prefix sum of uncovered pixels counts a row's span.
-        uncov = torch.cumsum((~covered).to(torch.int32), 0, dtype=torch.int32)
+        uncov = torch.cumsum(~covered, 0, dtype=torch.int32)
         before = torch.cat([uncov.new_zeros(1), uncov])  # uncovered pixels before flat pixel p
         live = cols > 0
         p_lo = torch.where(live, row_pix, 0)
