@@ -140,14 +140,16 @@ def score_predictions(preds: Sequence[InstancePrediction], registry, names: Opti
 
 
 def write_outputs(table: RecallTable, preds: Sequence[InstancePrediction], out_dir: str | Path,
-                  title: str = "Pose recall (%)", method: str = "pose6d") -> Dict[str, Path]:
-    """``results.md``, ``results.csv`` and the BOP CSV ``<method>_<dataset>-test.csv``."""
+                  title: str = "Pose recall (%)", method: str = "pose6d", dataset: str = "lm-lite",
+                  split: str = "test") -> Dict[str, Path]:
+    """``results.md``, ``results.csv`` and the BOP CSV ``<method>_<dataset>-<split>.csv`` (BOP's naming;
+    ``method`` must not contain ``_``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md, csv_ = out_dir / "results.md", out_dir / "results.csv"
     md.write_text(format_markdown(table, title))
     csv_.write_text(format_csv(table))
-    bop = save_bop_results(out_dir / f"{method}_test.csv", [
+    bop = save_bop_results(out_dir / f"{method.replace('_', '-')}_{dataset}-{split}.csv", [
         BopEstimate(p.scene_id, p.im_id, p.obj_id, 1.0, p.R, p.t, p.time) for p in preds if not p.failed])
     return {"markdown": md, "csv": csv_, "bop": bop}
 
@@ -181,7 +183,8 @@ def main(argv: Optional[Sequence[str]] = None) -> RecallTable:
     table = score_predictions(preds, registry)
     print(format_markdown(table, f"{Path(a.model).name} on {a.split}"))
     if a.out:
-        paths = write_outputs(table, preds, a.out)
+        split = Path(a.split).resolve()
+        paths = write_outputs(table, preds, a.out, dataset=split.parent.name, split=split.name)
         print("wrote", ", ".join(str(p) for p in paths.values()))
     return table
 

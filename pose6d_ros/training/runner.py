@@ -119,7 +119,7 @@ class Run:
             preds = predict_split(trainer.model, crops, self.objects.keypoints, device=self.device,
                                   limit=get(self.cfg, "eval.test_limit"))
             table = score_predictions(preds, self.objects.registry)
-            write_outputs(table, preds, self.out / "eval")
+            write_outputs(table, preds, self.out / "eval", dataset=self.root.resolve().name)
             print(format_markdown(table, f"{kind} on {self.test_split}"), flush=True)
             result["table"] = table
         return result
