@@ -15,12 +15,32 @@ from pose6d_ros.training import distributed as du
 from pose6d_ros.training.build import (RunObjects, TargetCrops, build_model, build_objects, build_optimizer,
                                        diagnostic_eval, items_from_detections, items_from_split, save_run_model)
 from pose6d_ros.training.config import get
-from pose6d_ros.training.trainer import (CheckpointHook, EMAHook, EvalHook, LambdaHook, LoggerHook, StepOutput,
+from pose6d_ros.training.trainer import (CheckpointHook, EMAHook, EvalHook, HookBase, LoggerHook, StepOutput,
                                          Trainer)
 
 __all__ = ["Run", "prepare", "finish"]
 
 log = logging.getLogger("pose6d_ros.training")
+
+
+class FreezeEarlyHook(HookBase):
+    """First ``n_stages`` backbone stages frozen while ``step < steps`` (Sec. 4), then all layers train.
+
+    Decided from the step in ``before_train`` too, so a resumed run is in the same state as an
+    uninterrupted one."""
+
+    def __init__(self, n_stages: int, steps: int) -> None:
+        self.n, self.steps = int(n_stages), int(steps)
+
+    def _apply(self, trainer: Trainer) -> None:
+        trainer.model.freeze_early(self.n if trainer.step < self.steps else 0)
+
+    def before_train(self, trainer: Trainer) -> None:
+        self._apply(trainer)
+
+    def after_step(self, trainer: Trainer) -> None:
+        if trainer.step == self.steps:
+            self._apply(trainer)
 
 
 class Run:
@@ -76,13 +96,7 @@ class Run:
         hooks = list(extra_hooks)
         n_frozen, frozen_steps = int(get(cfg, "init.freeze_early_stages", 0)), int(get(cfg, "init.freeze_early_steps", 0))
         if n_frozen > 0 and frozen_steps > 0:
-            self.model.freeze_early(n_frozen)
-
-            def unfreeze(t: Trainer) -> None:
-                if t.step >= frozen_steps:
-                    t.model.freeze_early(0)
-
-            hooks.append(LambdaHook(unfreeze))
+            hooks.append(FreezeEarlyHook(n_frozen, frozen_steps))
         if self.diag is not None:
             diag, objects = self.diag, self.objects
             hooks.append(EvalHook(int(get(cfg, "eval.period", 0)), lambda t: diagnostic_eval(t.model, diag, objects)))
