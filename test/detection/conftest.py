@@ -13,6 +13,16 @@ TINY = ["--image-size", "96", "128", "--batch", "2", "--box-head-dim", "64", "--
 
 
 @pytest.fixture(scope="session")
+def objects_yaml() -> Path:
+    return OBJECTS
+
+
+@pytest.fixture(scope="session")
+def tiny_args() -> list:
+    return list(TINY)
+
+
+@pytest.fixture(scope="session")
 def registry():
     from pose6d_ros.registry import ObjectRegistry
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import OBJECTS, TINY
 from pose6d_ros.detection.model import TV_OFFSET, DetectorSpec, build_from_spec, load_detector
 from pose6d_ros.detection.scenes import DetectionScenes, SceneConfig
 from pose6d_ros.detection.train import ReplayBuffer, main
@@ -18,6 +17,7 @@ def _loss(model, images, targets) -> float:
         return float(sum(model(list(images), targets).values()))
 
 
+@pytest.mark.slow
 def test_few_steps_reduce_loss_on_scenes(registry):
     torch.set_num_threads(2)
     scenes = DetectionScenes(registry, SceneConfig(image_size=(96, 128), object_px=(25.0, 45.0), augment=False),
@@ -51,7 +51,9 @@ def test_replay_buffer_is_bounded_and_keeps_targets():
         torch.testing.assert_close(img, imgs[int(d["labels"]) - 1], atol=1 / 255, rtol=0)
 
 
-def test_cli_writes_resumes_and_rejects_other_objects(tiny_checkpoint, tmp_path, registry, capsys):
+def test_cli_writes_resumes_and_rejects_other_objects(tiny_checkpoint, tmp_path, registry, capsys, objects_yaml,
+                                                      tiny_args):
+    OBJECTS, TINY = objects_yaml, tiny_args
     _, spec, state = load_detector(tiny_checkpoint)
     assert state["step"] == 2 and spec.object_names == tuple(registry.names)
     out = tmp_path / "resumed.pt"
