@@ -1,6 +1,7 @@
 """Self-supervised 6D pose on lm-lite: Table-1-like and Table-3-like results, and step throughput.
 
     .venv/bin/python benchmarks/selfsup_lm_lite.py --throughput          # iterations/s at batch 16
+    .venv/bin/python benchmarks/selfsup_lm_lite.py --probe               # does render-vs-masked-real see pose error?
     .venv/bin/python benchmarks/selfsup_lm_lite.py --mode quick          # >= 4 objects, ~60 min on 2 cores
     .venv/bin/python benchmarks/selfsup_lm_lite.py --mode full           # all 13 objects, long
 
@@ -195,16 +196,65 @@ def throughput(batch: int = 16, reps: int = 5) -> Dict[str, float]:
     return out
 
 
+def probe(data_root: Path, objects=(1, 2, 5, 6), n: int = 6) -> Dict[str, Any]:
+    """Signal of the render-vs-masked-real comparison (L_percep's input pair) at GT and shifted poses.
+
+    For diag/ crops with their GT pose y*, shift the translation so the object moves ``k`` crop pixels
+    sideways, render ``r1, m1`` there, blend ``x_m = M(x_r, m1)`` and measure (a) the photometric
+    MSE between ``r1`` and ``x_m`` and (b) the LPIPS-style distance on the first two stages of a
+    (randomly initialised) Φ; and whether d loss / d t_x at ±3 px points back to y*.
+    """
+    from pose6d_ros.training.build import TargetCrops, build_model, build_objects, items_from_split
+    from pose6d_ros.training.losses import mask_blend, perceptual_distance
+    from pose6d_ros.training.perceptual import PhiEarlyFeatures
+    from pose6d_ros.training.selfsup import build_renderer
+
+    torch.manual_seed(0)
+    out: Dict[str, Any] = {}
+    for oid in objects:
+        cfg = load_config(None, [f"data.objects=[{oid}]"])
+        obj = build_objects(cfg)
+        items = items_from_split(data_root / "diag", [oid])[:n]
+        b = TargetCrops(data_root / "diag", items, obj, 64).batch(range(len(items)), jitter=False)
+        rf = build_renderer(obj, cfg, torch.device("cpu"))
+        feats = PhiEarlyFeatures(build_model(cfg, obj, torch.device("cpu")).eval(), 2)
+
+        def losses(shift_px: float, grad: bool = False):
+            t = b["t"].clone()
+            t[:, 0] += shift_px * t[:, 2] / b["K"][:, 0, 0]
+            t.requires_grad_(grad)
+            r = rf(b["object_index"], b["R"], t, b["K"], 64)
+            r1 = r.rgb + (1 - r.silhouette) * 0.5
+            xm = mask_blend(b["image"], r.silhouette, 0.5)
+            return t, ((r1 - xm) ** 2).mean(), perceptual_distance(feats(r1), feats(xm))
+
+        row: Dict[str, Any] = {}
+        with torch.no_grad():
+            for k in (0, 1, 2, 4, 8):
+                _, ph, pe = losses(k)
+                row[f"{k}px"] = (float(ph), float(pe))
+        for k in (-3, 3):
+            for j, name in ((1, "photo"), (2, "percep")):
+                t, *ls = losses(k, grad=True)
+                g, = torch.autograd.grad(ls[j - 1] * len(items), t)
+                row[f"sign_{name}@{k:+d}px"] = float((torch.sign(g[:, 0]) == (1 if k > 0 else -1)).float().mean())
+        out[obj.registry.get(oid).name] = row
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mode", choices=sorted(MODES), default=None)
     ap.add_argument("--throughput", action="store_true")
+    ap.add_argument("--probe", action="store_true")
     ap.add_argument("--data", default=str(ROOT / "data/lm-lite"))
     ap.add_argument("--out", default=str(ROOT / "runs/bench_selfsup"))
     a = ap.parse_args()
     if a.throughput:
         r = throughput()
         print(json.dumps(r, indent=2))
+    if a.probe:
+        print(json.dumps(probe(Path(a.data)), indent=1))
     if a.mode:
         out = Path(a.out) / a.mode
         res = run_tables(a.mode, out, Path(a.data))
