@@ -22,12 +22,11 @@ was measured, it was measured on the diag/ split of the objects *not* in the tab
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import torch
 import torchvision.models  # noqa: F401  (load before OSMesa, see rendering notes)
