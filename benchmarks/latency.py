@@ -5,14 +5,16 @@
 Per frame: a 640x480 uint8 RGB image, a distorted camera, 1 / 5 / 13 detections of mixed classes
 (lm-lite registry), the default Φ (ResNet-18 + CIN, untrained weights: latency does not depend on
 them) at the default crop size. Both backends run the same Estimator (crop, undistort, PnP shared);
-only the keypoint predictor differs. Reported: median and p90 per frame, the ORT/torch speed-up, and
-the share of the frame spent in the network. Frames alternate between backends so that load from
+only the keypoint predictor differs. Reported: wall-clock median and p90 per frame, the time in the
+network, the ORT/torch speed-up, and the process CPU time per frame (less sensitive to other
+processes on a shared machine; it includes ORT's spin-waiting threads). Frames alternate between backends so that load from
 other processes hits both alike. The ONNX Runtime variants tried are timed too.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -96,28 +98,33 @@ def main(argv=None) -> int:
     }
     print(f"# {len(registry)} objects, backbone {card.backbone}, crop {card.crop_size}, threads {args.threads}, "
           f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}")
-    print(f"{'detections':>10} | {'backend':<12} | {'median ms':>9} | {'p90 ms':>7} | {'network ms':>10} | speed-up")
+    print(f"# load average at start: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs)")
+    print(f"{'detections':>10} | {'backend':<12} | {'median ms':>9} | {'p90 ms':>7} | {'network ms':>10} "
+          f"| speed-up | CPU ms | CPU speed-up")
     rng = np.random.default_rng(0)
     for n in args.counts:
         frames = [frame(n, registry, rng) for _ in range(args.warmup + args.frames)]
         times = {k: [] for k in backends}
+        cpu = {k: [] for k in backends}
         net_ms = {k: [] for k in backends}
         for i, (image, dets) in enumerate(frames):
             for name, est in backends.items():
                 est.predictor.spent = 0.0
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 out = est.estimate(image, camera, dets)
-                dt = time.perf_counter() - t0
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
                 assert len(out) == n
                 if i >= args.warmup:
                     times[name].append(dt * 1e3)
+                    cpu[name].append(dc * 1e3)
                     net_ms[name].append(est.predictor.spent * 1e3)
         med = {k: statistics.median(v) for k, v in times.items()}
         for name in backends:
             p90 = float(np.percentile(times[name], 90))
             ratio = med["torch eager"] / med[name]
+            cpu_ratio = statistics.median(cpu["torch eager"]) / statistics.median(cpu[name])
             print(f"{n:>10} | {name:<12} | {med[name]:9.1f} | {p90:7.1f} | {statistics.median(net_ms[name]):10.1f} "
-                  f"| {ratio:.2f}x")
+                  f"| {ratio:7.2f}x | {statistics.median(cpu[name]):6.1f} | {cpu_ratio:.2f}x")
 
     print("\n# network alone (predict on ready crops), ONNX Runtime variants; speed-up over torch eager")
     variants = {
@@ -149,6 +156,7 @@ def main(argv=None) -> int:
             mo = statistics.median(t_ort[k][args.warmup:]) * 1e3
             cells.append(f"{mo:8.1f} ms ({mt / mo:4.2f}x)".rjust(26))
         print(f"{n:>5} | {mt:8.1f} | " + " | ".join(cells))
+    print(f"# load average at end: {os.getloadavg()[0]:.1f}")
     return 0
 
 

@@ -144,14 +144,18 @@ class PoseNet(nn.Module):
             check_shape(images, ("B", 3, self.crop_size, self.crop_size), "images")
             check_shape(object_index, ("B",), "object_index")
             check_same_batch(("images", images), ("object_index", object_index))
-        x = (images - self.mean) / self.std
-        features = self.backbone(x)
+        features = self.backbone(self.normalize(images))
         out = self.head(self.conditioning(features, object_index))
         if self.multi_head:
             out = out.view(-1, self.num_objects, self.num_keypoints * 2)
             out = out[torch.arange(out.shape[0], device=out.device), object_index]
         keypoints = out.reshape(-1, self.num_keypoints, 2)
         return (keypoints, features) if return_features else keypoints
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """ImageNet normalisation of ``(B, 3, S, S)`` images in ``[0, 1]``: what ``backbone.stages``
+        expect (use it when running stages on their own, e.g. as perceptual features)."""
+        return (images - self.mean) / self.std
 
     def freeze_early(self, n_stages: int) -> None:
         """Stop gradients through the first ``n_stages`` backbone stages (see :class:`Backbone`)."""
