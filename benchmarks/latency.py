@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 from pose6d_ros.geometry.camera import CameraModel  # noqa: E402
 from pose6d_ros.models import DEFAULT_CONFIG, ModelCard, PoseNet, save_model  # noqa: E402
 from pose6d_ros.registry import ObjectRegistry  # noqa: E402
-from pose6d_ros.runtime import Estimator, OnnxPredictor, TorchPredictor, export_onnx  # noqa: E402
+from pose6d_ros.runtime import Estimator, OnnxPredictor, TorchPredictor, export_onnx, quantize_onnx  # noqa: E402
 
 
 class TimedPredictor:
@@ -90,16 +90,21 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="pose6d_latency_"))
     save_model(tmp / "model.pt", net, card)
     export_onnx(net, card, tmp / "model.onnx", exporter="dynamo")
+    # INT8 ranges from random crops: fine for timing, not for accuracy (use real crops for a deployment).
+    calib = np.random.default_rng(1).random((32, 3, card.crop_size, card.crop_size), dtype=np.float32)
+    quantize_onnx(tmp / "model.onnx", tmp / "model.int8.onnx", calib)
 
     backends = {
         "torch eager": Estimator(TimedPredictor(TorchPredictor(net, card, "cpu")), registry),
         "ORT CPU": Estimator(TimedPredictor(OnnxPredictor(tmp / "model.onnx", device="cpu",
                                                           intra_op_threads=args.threads)), registry),
+        "ORT CPU int8": Estimator(TimedPredictor(OnnxPredictor(tmp / "model.int8.onnx", device="cpu",
+                                                               intra_op_threads=args.threads)), registry),
     }
     print(f"# {len(registry)} objects, backbone {card.backbone}, crop {card.crop_size}, threads {args.threads}, "
           f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}")
     print(f"# load average at start: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs)")
-    print(f"{'detections':>10} | {'backend':<12} | {'median ms':>9} | {'p90 ms':>7} | {'network ms':>10} "
+    print(f"{'detections':>10} | {'backend':<13} | {'median ms':>9} | {'p90 ms':>7} | {'network ms':>10} "
           f"| speed-up | CPU ms | CPU speed-up")
     rng = np.random.default_rng(0)
     for n in args.counts:
@@ -123,7 +128,7 @@ def main(argv=None) -> int:
             p90 = float(np.percentile(times[name], 90))
             ratio = med["torch eager"] / med[name]
             cpu_ratio = statistics.median(cpu["torch eager"]) / statistics.median(cpu[name])
-            print(f"{n:>10} | {name:<12} | {med[name]:9.1f} | {p90:7.1f} | {statistics.median(net_ms[name]):10.1f} "
+            print(f"{n:>10} | {name:<13} | {med[name]:9.1f} | {p90:7.1f} | {statistics.median(net_ms[name]):10.1f} "
                   f"| {ratio:7.2f}x | {statistics.median(cpu[name]):6.1f} | {cpu_ratio:.2f}x")
 
     print("\n# network alone (predict on ready crops), ONNX Runtime variants; speed-up over torch eager")
@@ -134,8 +139,9 @@ def main(argv=None) -> int:
         f"ORT basic-opt, {args.threads} thr": dict(intra_op_threads=args.threads, level="basic"),
     }
     sessions = {k: _ort_variant(tmp / "model.onnx", **v) for k, v in variants.items()}
+    sessions[f"ORT int8, {args.threads} thr"] = _ort_variant(tmp / "model.int8.onnx", args.threads)
     torch_pred = TorchPredictor(net, card, "cpu")
-    print(f"{'batch':>5} | {'torch ms':>8} | " + " | ".join(f"{k:>26}" for k in variants))
+    print(f"{'batch':>5} | {'torch ms':>8} | " + " | ".join(f"{k:>26}" for k in sessions))
     for n in args.counts:
         crops = torch.rand(n, 3, card.crop_size, card.crop_size)
         idx = torch.arange(n) % len(registry)

@@ -128,3 +128,29 @@ def test_dynamo_export_parity(exported, tmp_path):
     with torch.no_grad():
         assert np.abs(out - net(crops, idx).numpy()).max() <= 1e-4
     assert read_onnx_card(path) == card
+
+
+def test_int8_quantisation_keeps_card_and_stays_close(exported):
+    from pose6d_ros.runtime import quantize_onnx
+
+    d, net, card, _ = exported
+    rng = np.random.default_rng(0)
+    calib = rng.random((16, 3, 64, 64), dtype=np.float32)
+    q = quantize_onnx(d / "model.onnx", d / "model.int8.onnx", calib)
+    assert read_onnx_card(q) == card
+    proto = onnx.load(str(q))
+    ops = {n.op_type for n in proto.graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    pred = OnnxPredictor(q, device="cpu")
+    crops = torch.from_numpy(rng.random((5, 3, 64, 64), dtype=np.float32))
+    idx = torch.tensor([2, 0, 1, 1, 2])
+    (out,) = pred.session.run(None, {"crops": crops.numpy(), "object_index": idx.numpy()})
+    with torch.no_grad():
+        ref = net(crops, idx).numpy()
+    spread = np.abs(ref - ref.mean()).max()
+    assert np.abs(out - ref).max() <= 0.1 * spread  # close, not equal: INT8
+    alone = np.concatenate([pred.session.run(None, {"crops": crops[i:i + 1].numpy(),
+                                                    "object_index": idx[i:i + 1].numpy()})[0] for i in range(5)])
+    np.testing.assert_allclose(out, alone, atol=1e-6)
+    with pytest.raises(ValueError, match="calibration_crops"):
+        quantize_onnx(d / "model.onnx", d / "x.onnx", calib[:, :, :32])
