@@ -128,8 +128,11 @@ def _render_job(job: tuple) -> list[dict]:
 
 def build(suite: str, out: Path, images_per_object: int = 120, seed: int = 0, workers: int = 2,
           train_fraction: float = 0.15, diag_fraction: float = 0.05, depth: bool = False,
-          object_ids: Sequence[int] | None = None, chunk: int = 8, log=print) -> dict:
-    """Build the simulated real dataset of ``suite`` into ``out``; returns the build summary."""
+          object_ids: Sequence[int] | None = None, chunk: int = 8, log=print, cfg=None) -> dict:
+    """Build the simulated real dataset of ``suite`` into ``out``; returns the build summary.
+
+    ``cfg`` is a ``simreal.RealDomainConfig`` (default: the LINEMOD-like defaults).
+    """
     from pose6d_ros.data import bop
     from pose6d_ros.data.simreal import RealDomainConfig, sample_frames
     from pose6d_ros.data.suites import load_suite_registry
@@ -140,7 +143,7 @@ def build(suite: str, out: Path, images_per_object: int = 120, seed: int = 0, wo
     registry = load_suite_registry(suite)
     reg_yaml = out / "objects.yaml"
     registry.to_yaml(reg_yaml)
-    cfg = RealDomainConfig()
+    cfg = cfg or RealDomainConfig()
     _write_models(registry, out / "models")
     bop.save_camera(out / bop.CAMERA, bop.DatasetCamera(K=cfg.K, width=cfg.width, height=cfg.height,
                                                         depth_unit=1e-4 if depth else None))

@@ -299,6 +299,18 @@ def crop_photo(photo: np.ndarray, box: tuple[float, float, float, bool], width: 
     return out[:, ::-1].copy() if flip else out
 
 
+def _load_llvm_users_before_osmesa() -> None:
+    """Import torch's compiler stack (and so triton's LLVM) before OSMesa's llvmpipe is loaded.
+
+    The other order segfaults: building any ``torch.optim`` optimizer after an OSMesa context exists
+    imports triton, whose LLVM clashes with the one Mesa already loaded.
+    """
+    try:
+        import torch._dynamo  # noqa: F401
+    except ImportError:
+        pass
+
+
 class _StableProgramCache:
     """pyrender's shader cache keyed WITHOUT the GL context object.
 
@@ -337,6 +349,7 @@ class RealRenderer:
     """
 
     def __init__(self, registry: ObjectRegistry, cfg: RealDomainConfig, seed: int = 0, perturb: bool = True):
+        _load_llvm_users_before_osmesa()
         import pyrender
         import trimesh
 
@@ -367,7 +380,8 @@ class RealRenderer:
             node.mesh.is_visible = False
             self.nodes[o.id] = node
         K = cfg.K
-        cam = pyrender.IntrinsicsCamera(K[0, 0], K[1, 1], K[0, 2], K[1, 2], znear=0.02, zfar=20.0)
+        # +0.5: OpenGL samples pixel j at window coordinate j + 0.5, OpenCV at j (docs/conventions.md).
+        cam = pyrender.IntrinsicsCamera(K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5, znear=0.02, zfar=20.0)
         # The world frame IS the OpenCV camera frame: the GL camera sits at the origin, flipped.
         self.cam_node = self.scene.add(cam, pose=CV_TO_GL)
         self.light = pyrender.PointLight(color=np.ones(3), intensity=3.0)
