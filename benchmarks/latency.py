@@ -7,8 +7,8 @@ Per frame: a 640x480 uint8 RGB image, a distorted camera, 1 / 5 / 13 detections 
 them) at the default crop size. Both backends run the same Estimator (crop, undistort, PnP shared);
 only the keypoint predictor differs. Reported: wall-clock median and p90 per frame, the time in the
 network, the ORT/torch speed-up, and the process CPU time per frame (less sensitive to other
-processes on a shared machine; it includes ORT's spin-waiting threads). Frames alternate between backends so that load from
-other processes hits both alike. The ONNX Runtime variants tried are timed too.
+processes on a shared machine; ORT's threads do not spin-wait by default here). Frames alternate
+between backends so that load from other processes hits both alike. The ONNX Runtime variants tried are timed too.
 """
 
 from __future__ import annotations
@@ -47,16 +47,14 @@ class TimedPredictor:
         return out
 
 
-def _ort_variant(path: Path, intra_op_threads: int, spin: bool = True, level: str = "all"):
+def _ort_variant(path: Path, intra_op_threads: int, spin: bool = False, level: str = "all"):
     import onnxruntime as ort
 
     from pose6d_ros.runtime.backends import default_session_options
 
-    so = default_session_options(intra_op_threads)
+    so = default_session_options(intra_op_threads, spin=spin)
     if level == "basic":
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    if not spin:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
@@ -135,7 +133,7 @@ def main(argv=None) -> int:
     variants = {
         f"ORT all-opt, {args.threads} thr": dict(intra_op_threads=args.threads),
         "ORT all-opt, 1 thr": dict(intra_op_threads=1),
-        f"ORT all-opt, {args.threads} thr, no spin": dict(intra_op_threads=args.threads, spin=False),
+        f"ORT all-opt, {args.threads} thr, spin": dict(intra_op_threads=args.threads, spin=True),
         f"ORT basic-opt, {args.threads} thr": dict(intra_op_threads=args.threads, level="basic"),
     }
     sessions = {k: _ort_variant(tmp / "model.onnx", **v) for k, v in variants.items()}

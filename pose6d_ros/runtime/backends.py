@@ -99,12 +99,18 @@ def select_providers(device: str = "auto", providers: Optional[Sequence[str]] = 
     return [p for p in wanted if p in available] or ["CPUExecutionProvider"]
 
 
-def default_session_options(intra_op_threads: int = 0):
+def default_session_options(intra_op_threads: int = 0, spin: bool = False):
     """Session options used for inference: every graph optimisation (conv+BN+ReLU fusion, constant
-    folding of the normalisation), sequential execution, ``intra_op_threads`` (0: ORT's default)."""
+    folding, NCHWc layouts), sequential execution, ``intra_op_threads`` (0: ORT's default).
+
+    Worker threads do not spin-wait by default: on a CPU shared with other processes (the robot's
+    other nodes; our 2-core test machine) spinning cost time in ``benchmarks/latency.py``.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = int(intra_op_threads)
