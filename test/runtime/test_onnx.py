@@ -11,7 +11,7 @@ import torch
 
 from pose6d_ros.models import PoseNet, save_model
 from pose6d_ros.registry import ObjectRegistry
-from pose6d_ros.runtime import (Estimator, OnnxPredictor, TorchPredictor, export_onnx, read_onnx_card,
+from pose6d_ros.runtime import (Estimator, OnnxPredictor, export_onnx, read_onnx_card,
                                 select_providers)
 from pose6d_ros.runtime.onnx_export import main as export_main
 
