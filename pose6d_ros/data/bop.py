@@ -39,6 +39,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from pose6d_ros._io import atomic_write_bytes
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = [
@@ -191,17 +193,7 @@ def _write_json(path: Path, obj: Any) -> None:
     _atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+_atomic_write_bytes = atomic_write_bytes
 
 
 def _get(d: Any, key: str, path: Path, where: str) -> Any:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
+
+from pose6d_ros._io import atomic_write_text
 
 import numpy as np
 
@@ -99,10 +100,7 @@ def save_bop_results(path: str | Path, estimates: Sequence[BopEstimate]) -> Path
         r_txt = " ".join(repr(float(v)) for v in R.reshape(-1))
         t_txt = " ".join(repr(float(v)) for v in t)
         lines.append(f"{e.scene_id},{e.im_id},{e.obj_id},{float(e.score)!r},{r_txt},{t_txt},{float(e.time)!r}")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def load_bop_results(path: str | Path) -> List[BopEstimate]:

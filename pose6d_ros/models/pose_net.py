@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Sequence, Tuple, Union
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from pose6d_ros._checks import check_same_batch, check_shape
+from pose6d_ros._io import atomic_write
 from pose6d_ros.models.backbones import build_backbone
 from pose6d_ros.models.conditioning import (
     ConditionalInstanceNorm,
@@ -297,19 +297,7 @@ class ModelCard:
             raise ValueError("model does not match the object registry: " + "; ".join(problems))
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+_atomic_write = atomic_write
 
 
 def save_model(path: Union[str, os.PathLike], model: PoseNet, card: ModelCard) -> None:

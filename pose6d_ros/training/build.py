@@ -159,16 +159,14 @@ class SyntheticSource:
                 "K": self._K[ix]}
 
     def _save_pool(self) -> None:
-        import os
-
+        from pose6d_ros._io import atomic_torch_save
         from pose6d_ros.training import distributed as du
 
         if not du.is_main():
             return
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_file.with_name(self.cache_file.name + f".tmp{os.getpid()}")
-        torch.save({"img": self._img, "kp": self._kp, "K": self._K, "obj": self._obj, "have": self._have}, tmp)
-        os.replace(tmp, self.cache_file)
+        atomic_torch_save(self.cache_file,
+                          {"img": self._img, "kp": self._kp, "K": self._K, "obj": self._obj, "have": self._have})
         log.info("synthetic pool saved to %s", self.cache_file)
 
     def __call__(self, step: int, rank: int = 0, world: int = 1) -> Dict[str, torch.Tensor]:

@@ -1,18 +1,19 @@
 """Atomic training checkpoints: model, optimizer, scheduler, AMP scaler, step and RNG states.
 
-A checkpoint is written to ``<path>.tmp`` and moved over ``<path>`` with ``os.replace`` (atomic on
+A checkpoint is written to a temporary file and moved over ``<path>`` with ``os.replace`` (atomic on
 POSIX), so a run killed mid-write leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
+
+from pose6d_ros._io import atomic_torch_save
 
 __all__ = ["rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint", "unwrap"]
 
@@ -66,13 +67,7 @@ def save_checkpoint(
         state["scheduler"] = scheduler.state_dict()
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(path, state)
 
 
 def load_checkpoint(
