@@ -8,8 +8,10 @@ random Lambert lighting, random backgrounds (noise, smooth noise, colour blobs; 
 photographs of the real domain). Labels: ``R``, ``t``, ``K_crop`` and the keypoints in crop pixels
 and in normalised crop coordinates (docs/conventions.md).
 
-Sample ``i`` depends only on ``(seed, i)``; a whole batch is rendered in one call
-(:meth:`SyntheticCrops.batch`, also used by ``DataLoader`` through ``__getitems__``).
+Sample ``i``'s object, pose, crop window and background depend only on ``(seed, i)``; its lighting
+is drawn per group of ``light_group`` consecutive items of a batch (the renderer takes one light per
+call). A whole batch is rendered in one call (:meth:`SyntheticCrops.batch`, also used by
+``DataLoader`` through ``__getitems__``).
 """
 
 from __future__ import annotations
@@ -127,8 +129,6 @@ class SyntheticCrops(torch.utils.data.Dataset):
         obj_id = np.empty(n, dtype=np.int64)
         R = np.empty((n, 3, 3))
         t = np.empty((n, 3))
-        gen = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, *map(int, indices[:1]), n])
-                                                 .integers(2 ** 62)))
         for j, i in enumerate(indices):  # per-sample draws: a handful of scalars each
             if not 0 <= int(i) < self.length:
                 raise IndexError(f"SyntheticCrops: index {i} out of range [0, {self.length})")
@@ -147,8 +147,12 @@ class SyntheticCrops(torch.utils.data.Dataset):
         tt = torch.as_tensor(t, dtype=torch.float32, device=self.device)
         Kt = torch.as_tensor(K, dtype=torch.float32, device=self.device).expand(n, 3, 3).contiguous()
         boxes = self._boxes(obj_index, Rt, tt, Kt)
-        windows = jitter_boxes(square_windows(boxes.cpu(), padding=cfg.padding), shift=cfg.jitter_shift,
-                               scale=cfg.jitter_scale, generator=gen).to(self.device)
+        squares = square_windows(boxes.cpu(), padding=cfg.padding)
+        # One generator per sample, so a sample's crop does not depend on the batch it is drawn in.
+        windows = torch.cat([
+            jitter_boxes(squares[j:j + 1], shift=cfg.jitter_shift, scale=cfg.jitter_scale,
+                         generator=torch.Generator().manual_seed(self.seed * 1_000_003 + int(i)))
+            for j, i in enumerate(indices)]).to(self.device)
         K_crop = crop_intrinsics(Kt, windows, cfg.size)
         return {"obj_id": torch.as_tensor(obj_id, device=self.device), "obj_index": obj_index, "R": Rt, "t": tt,
                 "K": Kt, "window": windows, "K_crop": K_crop}
@@ -190,7 +194,8 @@ class SyntheticCrops(torch.utils.data.Dataset):
             masks.append(r.silhouette)
         img = torch.cat(images)
         mask = torch.cat(masks)
-        bg = random_backgrounds(n, S, rng, device=self.device)
+        bg = torch.cat([random_backgrounds(1, S, np.random.default_rng([self.seed, i, 2]), device=self.device)
+                        for i in indices])
         image = mask * img + (1 - mask) * bg
         kp_px = project_points(self.model_keypoints[out["obj_index"]], out["R"], out["t"], out["K_crop"])
         out.update(image=image, mask=mask, keypoints_px=kp_px, keypoints=pixels_to_normalized(kp_px, S))
