@@ -30,9 +30,13 @@ def check_shape(x: torch.Tensor, shape: Sequence[Dim], name: str) -> None:
         actual = actual[len(actual) - len(expected):]
     elif len(actual) != len(expected):
         raise ValueError(f"{name}: expected shape ({_fmt(expected)}), got {tuple(x.shape)}")
+    named: dict = {}
     for want, got in zip(expected, actual):
         if isinstance(want, int) and want != got:
             raise ValueError(f"{name}: expected shape ({_fmt(shape)}), got {tuple(x.shape)}")
+        if isinstance(want, str) and want not in ("*", "...") and named.setdefault(want, got) != got:
+            raise ValueError(f"{name}: expected shape ({_fmt(shape)}) with one size for '{want}', "
+                             f"got {tuple(x.shape)}")
 
 
 def check_same_batch(*named: tuple) -> None:

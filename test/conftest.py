@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch._dynamo  # noqa: F401  before any OSMesa context exists: later torch.optim use segfaults otherwise
 
 _DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

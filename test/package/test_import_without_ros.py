@@ -43,3 +43,4 @@ def test_core_imports_without_rclpy():
     out = subprocess.run([sys.executable, "-c", BLOCKER], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "IMPORTED" in out.stdout
+
