@@ -93,18 +93,19 @@ class TestGradients:
         return _torch(uv, X, np.broadcast_to(K_NP, (B, 3, 3)).copy())
 
     def test_gradcheck_points_2d(self):
-        x2, X3, K = self._setup()
+        x2, X3, K = self._setup(B=2)
         x2.requires_grad_()
         fn = lambda a: (lambda r: (r.R, r.t))(solve_pnp(a, X3, K, iterations=30, tol=0))  # noqa: E731
         assert torch.autograd.gradcheck(fn, (x2,), eps=1e-6, atol=1e-6, rtol=1e-4)
 
     def test_gradcheck_all_inputs_huber_active(self):
-        x2, X3, K = self._setup(B=2, noise=4.0, seed=5)
-        w = torch.rand(2, 9, dtype=torch.float64) + 0.5
+        x2, X3, K = self._setup(B=1, noise=4.0, seed=5)
+        w = torch.rand(1, 9, dtype=torch.float64) + 0.5
         args = [a.clone().requires_grad_() for a in (x2, X3, K, w)]
         fn = lambda a, b, c, d: (lambda r: (r.R, r.t))(  # noqa: E731
             solve_pnp(a, b, c, d, iterations=60, tol=0, huber_delta=3.0))
-        assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-6, rtol=1e-4)
+        # fast_mode: random projections of the Jacobian, to keep the test within a few seconds.
+        assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
     def test_failed_problem_isolated(self):
         x2, X3, K = self._setup(B=3)
