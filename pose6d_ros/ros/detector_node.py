@@ -9,7 +9,7 @@ start-up with a clear error and a non-zero exit.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Dict
 
 import rclpy
@@ -25,7 +25,7 @@ from pose6d_ros.detection.model import DetectorCheckpointError
 from pose6d_ros.registry import ObjectRegistry, RegistryError
 from pose6d_ros.ros import conversions as conv
 from pose6d_ros.ros.estimator_node import ThrottledWarnings
-from pose6d_ros.ros.params import ParameterError, ParamSpec
+from pose6d_ros.ros.params import ParameterError, ParamSpec, validate_schema
 
 DETECTOR_PARAMS: Dict[str, ParamSpec] = {
     "model": ParamSpec("", "Path to the detector checkpoint (.pt) written by train_detector"),
@@ -55,26 +55,7 @@ class DetectorParams:
 
 def validate_detector_params(values: Dict[str, Any]) -> DetectorParams:
     """Check every value against :data:`DETECTOR_PARAMS`; ``ParameterError`` names the parameter."""
-    unknown = sorted(set(values) - set(DETECTOR_PARAMS))
-    if unknown:
-        raise ParameterError(f"unknown parameter(s): {unknown}")
-    out: Dict[str, Any] = {}
-    for name, spec in DETECTOR_PARAMS.items():
-        value = values.get(name, spec.default)
-        kind = type(spec.default)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ParameterError(f"parameter '{name}': expected {kind.__name__}, got {value!r}")
-        if spec.choices is not None and value not in spec.choices:
-            raise ParameterError(f"parameter '{name}': {value!r} is not one of {list(spec.choices)}")
-        if spec.range is not None and not (spec.range[0] <= value <= spec.range[1]):
-            raise ParameterError(f"parameter '{name}': {value!r} is outside [{spec.range[0]}, {spec.range[1]}]")
-        out[name] = value
-    for name in ("model", "objects"):
-        if not out[name]:
-            raise ParameterError(f"parameter '{name}': a path is required")
-    return DetectorParams(**{f.name: out[f.name] for f in fields(DetectorParams)})
+    return validate_schema(DETECTOR_PARAMS, values, DetectorParams)
 
 
 class DetectorNode(Node):

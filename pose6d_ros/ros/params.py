@@ -66,18 +66,19 @@ class ParameterError(ValueError):
     """A parameter value that the node cannot run with; the text names the parameter."""
 
 
-def validate(values: Dict[str, Any]) -> EstimatorParams:
-    """Check every value against `ESTIMATOR_PARAMS` and return the typed record.
+def validate_schema(schema: Dict[str, ParamSpec], values: Dict[str, Any], record: type,
+                    required_paths: Tuple[str, ...] = ("model", "objects")):
+    """Check every value against ``schema`` and return the typed ``record`` dataclass.
 
     Raises:
         ParameterError: naming the parameter, for an unknown name, a wrong type, a value outside
-        its range or choices, or an empty `model`/`objects` path.
+        its range or choices, or an empty required path.
     """
-    unknown = sorted(set(values) - set(ESTIMATOR_PARAMS))
+    unknown = sorted(set(values) - set(schema))
     if unknown:
         raise ParameterError(f"unknown parameter(s): {unknown}")
     out: Dict[str, Any] = {}
-    for name, spec in ESTIMATOR_PARAMS.items():
+    for name, spec in schema.items():
         value = values.get(name, spec.default)
         kind = type(spec.default)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -89,7 +90,12 @@ def validate(values: Dict[str, Any]) -> EstimatorParams:
         if spec.range is not None and not (spec.range[0] <= value <= spec.range[1]):
             raise ParameterError(f"parameter '{name}': {value!r} is outside [{spec.range[0]}, {spec.range[1]}]")
         out[name] = value
-    for name in ("model", "objects"):
+    for name in required_paths:
         if not out[name]:
             raise ParameterError(f"parameter '{name}': a path is required")
-    return EstimatorParams(**{f.name: out[f.name] for f in fields(EstimatorParams)})
+    return record(**{f.name: out[f.name] for f in fields(record)})
+
+
+def validate(values: Dict[str, Any]) -> EstimatorParams:
+    """The estimator node's parameters (`ESTIMATOR_PARAMS`) as a typed record."""
+    return validate_schema(ESTIMATOR_PARAMS, values, EstimatorParams)
