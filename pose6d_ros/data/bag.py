@@ -23,6 +23,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 
 from pose6d_ros.data import bop
+from pose6d_ros.data.images import SUPPORTED_ENCODINGS, ImageDecodeError, raw_to_rgb
 
 __all__ = ["BagImportError", "ImportSummary", "SUPPORTED_ENCODINGS", "decode_image", "import_bag", "main"]
 
@@ -30,14 +31,6 @@ IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 # encoding -> (channels, index order that gives RGB)
-_ENCODINGS = {
-    "rgb8": (3, [0, 1, 2]),
-    "bgr8": (3, [2, 1, 0]),
-    "rgba8": (4, [0, 1, 2]),
-    "bgra8": (4, [2, 1, 0]),
-    "mono8": (1, [0, 0, 0]),
-}
-SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
 
 
 class BagImportError(RuntimeError):
@@ -77,18 +70,10 @@ def decode_image(msg: Any, msgtype: str) -> np.ndarray:
         if img.ndim == 2:
             return np.repeat(img[:, :, None], 3, axis=2)
         return np.ascontiguousarray(img[:, :, [2, 1, 0]])  # cv2 decodes to BGR(A)
-    enc = str(msg.encoding).lower()
-    if enc not in _ENCODINGS:
-        raise BagImportError(
-            f"image encoding '{msg.encoding}' is not supported (supported: {', '.join(SUPPORTED_ENCODINGS)})"
-        )
-    ch, order = _ENCODINGS[enc]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    data = np.asarray(msg.data, dtype=np.uint8)
-    if step < w * ch or data.size < h * step:
-        raise BagImportError(f"image {w}x{h} {enc}: step {step} / data size {data.size} are inconsistent")
-    rows = data[: h * step].reshape(h, step)[:, : w * ch].reshape(h, w, ch)
-    return np.ascontiguousarray(rows[:, :, order])
+    try:
+        return raw_to_rgb(msg.data, msg.height, msg.width, msg.step, msg.encoding)
+    except ImageDecodeError as e:
+        raise BagImportError(f"image {msg.width}x{msg.height} '{msg.encoding}': {e}") from e
 
 
 def _distortion(msg: Any, bag: Path) -> Optional[np.ndarray]:

@@ -11,18 +11,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from pose6d_ros.data.images import ImageDecodeError, raw_to_rgb
 from pose6d_ros.geometry.camera import CameraModel
-
-# Channels and source order per supported encoding; the output is always (H, W, 3) uint8 RGB.
-_ENCODINGS = {
-    "rgb8": (3, (0, 1, 2)),
-    "bgr8": (3, (2, 1, 0)),
-    "rgba8": (4, (0, 1, 2)),
-    "bgra8": (4, (2, 1, 0)),
-    "mono8": (1, (0, 0, 0)),
-}
-SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
-
 
 class MessageError(ValueError):
     """A message that cannot be converted; the text names the offending field."""
@@ -46,24 +36,13 @@ def stamp_key(stamp) -> Tuple[int, int]:
 def image_to_rgb(msg) -> np.ndarray:
     """`sensor_msgs/Image` -> `(H, W, 3)` uint8 RGB.
 
-    Supports rgb8, bgr8, rgba8, bgra8 and mono8, any row `step` (padding) and either endianness
-    (8-bit data has none). Raises `MessageError` naming the field otherwise.
+    Supports rgb8, bgr8, rgba8, bgra8 and mono8 with any row `step` (8-bit data has no endianness).
+    Raises `MessageError` naming the field otherwise.
     """
-    encoding = str(msg.encoding).lower()
-    if encoding not in _ENCODINGS:
-        raise MessageError(f"Image.encoding: unsupported '{msg.encoding}' (supported: {', '.join(SUPPORTED_ENCODINGS)})")
-    channels, order = _ENCODINGS[encoding]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h <= 0 or w <= 0:
-        raise MessageError(f"Image.height/width: must be positive, got {h}x{w}")
-    if step < w * channels:
-        raise MessageError(f"Image.step: {step} is smaller than width*channels = {w * channels}")
-    data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, (bytes, bytearray, memoryview)) else msg.data,
-                         dtype=np.uint8)
-    if data.size < h * step:
-        raise MessageError(f"Image.data: {data.size} bytes, expected height*step = {h * step}")
-    rows = data[: h * step].reshape(h, step)[:, : w * channels].reshape(h, w, channels)
-    return np.ascontiguousarray(rows[:, :, list(order)])
+    try:
+        return raw_to_rgb(msg.data, msg.height, msg.width, msg.step, msg.encoding)
+    except ImageDecodeError as e:
+        raise MessageError(f"Image.{e}") from e
 
 
 def rgb_to_image(rgb: np.ndarray, header, encoding: str = "rgb8"):
