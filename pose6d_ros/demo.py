@@ -73,8 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not onnx_path.is_file():
         from pose6d_ros.runtime.onnx_export import main as export_main
 
-        code = export_main([str(model_pt), str(onnx_path), "--registry", str(data / "objects.yaml"),
-                            "--exporter", "torchscript"])
+        code = export_main([str(model_pt), str(onnx_path), "--registry", str(data / "objects.yaml")])
         if code:
             return code
     print(f"{onnx_path}")
