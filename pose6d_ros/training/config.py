@@ -70,6 +70,7 @@ DEFAULTS: Dict[str, Any] = {
         "grad_through_render_rgb": True,  # L_pose/L_percep reach y1 through r1
         "grad_through_pnp": True,  # gradients reach h1 through PnP
         "detach_h2_in_pose2": False,  # stop-gradient on h2 in L_pose2 (h2 acts as target for h1)
+        "sup_render_detached": True,  # Eq. 2's render term trains Φ on sg[r1] only (no path to y1)
         "ema_teacher": 0.0,  # >0: h1 from an EMA copy of Φ with this decay
         "reject_failed_pnp": True,
         "depth_range": [0.1, 3.0],  # metres; y1 outside = rejected sample

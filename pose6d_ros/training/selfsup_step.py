@@ -62,6 +62,9 @@ class SelfSupSettings:
     grad_through_render_rgb: bool = True  # the composited render r1 carries gradient to y1
     grad_through_pnp: bool = True
     detach_h2_in_pose2: bool = False
+    # Eq. 2's render term labels r1 with sg[π(y1)]: a label, not a path to y1 (method.md step 8).
+    # True: that term sees Φ(sg[r1]), so it trains Φ only; False: it shares h3 = Φ(r1) with Eq. 1.
+    sup_render_detached: bool = True
     reject_failed_pnp: bool = True
     depth_range: Tuple[float, float] = (0.1, 3.0)
     max_reproj_error_px: float = 10.0
@@ -184,13 +187,15 @@ class SelfSupStep:
 
         # 5. h2, h3 (and Φ(x_g)) in one forward when asked: same weights, fewer kernel launches
         syn = batch.get("synthetic") if s.use_sup_synthetic else None
-        need_h3 = s.use_pose or s.use_sup_render
+        need_h3 = s.use_pose or (s.use_sup_render and not s.sup_render_detached)
         need_h2 = s.use_pose or s.use_pose2
         inputs, objs, names = [], [], []
         if need_h2:
             inputs.append(x_m), objs.append(obj), names.append("h2")
         if need_h3:
             inputs.append(r1), objs.append(obj), names.append("h3")
+        if s.use_sup_render and s.sup_render_detached:
+            inputs.append(r1.detach()), objs.append(obj), names.append("h3_sup")
         if syn is not None:
             inputs.append(syn["image"]), objs.append(syn["object_index"]), names.append("hg")
         outs: Dict[str, torch.Tensor] = {}
@@ -211,7 +216,8 @@ class SelfSupStep:
             parts["pose2"] = L.pose_consistency2(h1, h2, d, w)
         if s.use_sup_render or syn is not None:  # Eq. 2
             parts["sup"] = L.synthetic_supervision(
-                outs.get("h3") if s.use_sup_render else None, h3_label if s.use_sup_render else None,
+                outs.get("h3_sup", outs.get("h3")) if s.use_sup_render else None,
+                h3_label if s.use_sup_render else None,
                 outs.get("hg"), syn["keypoints"] if syn is not None else None, d, w)
         if s.use_percep:
             parts["percep"] = L.perceptual_distance(self.perceptual(r1), self.perceptual(x_m), w)
