@@ -147,3 +147,15 @@ def test_gradients_through_the_real_renderer(setup):
         assert torch.isfinite(g).all()
     assert (g_mask - g_none).abs().max() > 1e-7
     assert (g_rgb - g_none).abs().max() > 1e-7
+
+
+def test_render_label_term_has_no_path_to_the_pose(setup):
+    """Eq. 2's render term alone: with sg[r1] (default) the pose gets no gradient, so Φ's gradient is
+    the same as with PnP cut; sharing h3 = Φ(r1) with Eq. 1 (sup_render_detached=False) opens that path."""
+    model, batch = setup
+    only_sup = dict(use_pose=False, use_pose2=False, use_sup_render=True)
+    g_default, _ = _grads(_step(**only_sup), model, batch)
+    g_cut, _ = _grads(_step(**only_sup, grad_through_pnp=False), model, batch)
+    g_shared, _ = _grads(_step(**only_sup, sup_render_detached=False), model, batch)
+    torch.testing.assert_close(g_default, g_cut)
+    assert (g_shared - g_cut).abs().max() > 1e-7
