@@ -311,32 +311,6 @@ def _load_llvm_users_before_osmesa() -> None:
         pass
 
 
-class _StableProgramCache:
-    """pyrender's shader cache keyed WITHOUT the GL context object.
-
-    pyrender keys its cache by ``OpenGL.contextdata.getContext()``; under OSMesa that is a new Python
-    object on every call, so every frame compiled (and leaked) a fresh shader program: about 3 MB
-    per 640x480 frame, gigabytes per build. One renderer owns one context, so the shader names and
-    defines are a sufficient key.
-    """
-
-    def __init__(self, pyrender_module) -> None:
-        self._inner = pyrender_module.shader_program.ShaderProgramCache()
-        self._programs: dict = {}
-
-    def get_program(self, vertex_shader, fragment_shader, geometry_shader=None, defines=None):
-        key = (vertex_shader, fragment_shader, geometry_shader, tuple(sorted((defines or {}).items())))
-        prog = self._programs.get(key)
-        if prog is None:
-            prog = self._inner.get_program(vertex_shader, fragment_shader, geometry_shader, defines)
-            self._programs[key] = prog
-        return prog
-
-    def clear(self) -> None:
-        self._inner.clear()
-        self._programs.clear()
-
-
 class RealRenderer:
     """Renders :class:`FrameSpec` s with ONE pyrender scene holding every registered object.
 
@@ -389,8 +363,10 @@ class RealRenderer:
         self.shadow_cam_node = self.scene.add(
             pyrender.PerspectiveCamera(yfov=1.0, znear=0.02, zfar=20.0, aspectRatio=cfg.width / cfg.height),
             pose=np.eye(4))
+        from pose6d_ros.rendering.pyrender_ref import install_stable_shader_cache
+
         self.renderer = pyrender.OffscreenRenderer(cfg.width, cfg.height)
-        self.renderer._renderer._program_cache = _StableProgramCache(pyrender)
+        install_stable_shader_cache(self.renderer, pyrender)
         self._photos = None
 
     def close(self) -> None:

@@ -145,6 +145,37 @@ def _preload_triton() -> None:
 _preload_triton()
 
 
+class StableProgramCache:
+    """pyrender's shader cache keyed WITHOUT the GL context object.
+
+    pyrender keys its cache by ``OpenGL.contextdata.getContext()``; under OSMesa that is a new Python
+    object on every call, so every frame compiled (and leaked) a fresh shader program: about 3 MB
+    per 640x480 frame, gigabytes per build. One renderer owns one context, so the shader names and
+    defines are a sufficient key.
+    """
+
+    def __init__(self, pyrender_module) -> None:
+        self._inner = pyrender_module.shader_program.ShaderProgramCache()
+        self._programs: dict = {}
+
+    def get_program(self, vertex_shader, fragment_shader, geometry_shader=None, defines=None):
+        key = (vertex_shader, fragment_shader, geometry_shader, tuple(sorted((defines or {}).items())))
+        prog = self._programs.get(key)
+        if prog is None:
+            prog = self._inner.get_program(vertex_shader, fragment_shader, geometry_shader, defines)
+            self._programs[key] = prog
+        return prog
+
+    def clear(self) -> None:
+        self._inner.clear()
+        self._programs.clear()
+
+
+def install_stable_shader_cache(offscreen_renderer, pyrender_module) -> None:
+    """Give an ``OffscreenRenderer`` a :class:`StableProgramCache` (call once, after creating it)."""
+    offscreen_renderer._renderer._program_cache = StableProgramCache(pyrender_module)
+
+
 class PyrenderReference:
     """Renders meshes with pyrender at BOP poses and OpenCV intrinsics.
 
@@ -266,6 +297,7 @@ class PyrenderReference:
     def _renderer_for(self, width: int, height: int):
         if self._renderer is None:
             self._renderer = self._pyrender.OffscreenRenderer(width, height)
+            install_stable_shader_cache(self._renderer, self._pyrender)
         elif self._size != (width, height):
             self._renderer.viewport_width = width
             self._renderer.viewport_height = height
