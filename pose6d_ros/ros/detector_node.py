@@ -12,9 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict
 
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -24,6 +22,7 @@ from pose6d_ros.detection.infer import Detector
 from pose6d_ros.detection.model import DetectorCheckpointError
 from pose6d_ros.registry import ObjectRegistry, RegistryError
 from pose6d_ros.ros import conversions as conv
+from pose6d_ros.ros.spin import spin_node
 from pose6d_ros.ros.estimator_node import ThrottledWarnings
 from pose6d_ros.ros.params import ParameterError, ParamSpec, validate_schema
 
@@ -92,23 +91,8 @@ class DetectorNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    code = 0
-    try:
-        node = DetectorNode()
-        rclpy.spin(node)
-    except (ParameterError, DetectorCheckpointError, RegistryError, FileNotFoundError) as e:
-        print(f"pose6d_detector: {e}", file=sys.stderr)
-        code = 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return code
+    # start-up errors: bad parameters, a missing or mismatched model
+    return spin_node(DetectorNode, "pose6d_detector", (ParameterError, DetectorCheckpointError, RegistryError, FileNotFoundError), args)
 
 
 if __name__ == "__main__":

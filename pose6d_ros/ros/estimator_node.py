@@ -14,10 +14,8 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseArray
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
@@ -27,6 +25,7 @@ from visualization_msgs.msg import MarkerArray
 
 from pose6d_ros.geometry.camera import CameraModel
 from pose6d_ros.ros import conversions as conv
+from pose6d_ros.ros.spin import spin_node
 from pose6d_ros.ros.params import ESTIMATOR_PARAMS, EstimatorParams, ParameterError, validate
 from pose6d_ros.registry import ObjectRegistry
 from pose6d_ros.runtime.estimator import SKIP_REASONS, Estimator
@@ -175,23 +174,8 @@ class EstimatorNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    code = 0
-    try:
-        node = EstimatorNode()
-        rclpy.spin(node)
-    except (ParameterError, ValueError, OSError, KeyError) as e:  # start-up errors: bad params or model
-        print(f"pose6d_estimator: {e}", file=sys.stderr)
-        code = 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return code
+    # start-up errors: bad parameters, a missing or mismatched model
+    return spin_node(EstimatorNode, "pose6d_estimator", (ParameterError, ValueError, OSError, KeyError), args)
 
 
 if __name__ == "__main__":
