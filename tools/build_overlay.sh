@@ -12,9 +12,9 @@ fake=/opt/python/cp311-cp311
 inc=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 npinc=$("$py" -c 'import numpy; print(numpy.get_include())')
 mkdir -p "$fake/include" "$fake/lib/python3.11/site-packages/numpy/_core"
-[ -e "$fake/include/python3.11" ] || ln -s "$inc" "$fake/include/python3.11"
-[ -e "$fake/lib/python3.11/site-packages/numpy/_core/include" ] || \
-  ln -s "$npinc" "$fake/lib/python3.11/site-packages/numpy/_core/include"
+# -f: repoint a link left by another checkout (it may be gone, leaving the link dangling).
+ln -sfn "$inc" "$fake/include/python3.11"
+ln -sfn "$npinc" "$fake/lib/python3.11/site-packages/numpy/_core/include"
 
 export AMENT_PREFIX_PATH="$overlay:$venv"
 export PATH="$venv/bin:$PATH"
