@@ -534,26 +534,31 @@ def save_scene_camera(path: PathLike, cameras: Mapping[int, CameraRecord]) -> No
     _write_json(Path(path), data)
 
 
-def load_scene_gt(path: PathLike) -> Dict[int, List[GtRecord]]:
-    """Read ``scene_gt.json`` -> ``{im_id: [GtRecord, ...]}`` (translations in metres)."""
+def _load_per_image(path: PathLike, parse) -> Dict[int, list]:
+    """Read a ``{im_id: [instance, ...]}`` JSON file; ``parse(entry, path, where)`` makes each record."""
     path = Path(path)
     data = _read_json(path)
     if not isinstance(data, dict):
         raise BopFormatError(f"{path}: expected a JSON object keyed by image id")
-    out: Dict[int, List[GtRecord]] = {}
+    out: Dict[int, list] = {}
     for k, entries in data.items():
         im_id = _id_key(k, path, "image id")
         if not isinstance(entries, list):
             raise BopFormatError(f"{path}: image {k}: expected a list of instances")
-        recs = []
-        for i, e in enumerate(entries):
-            where = f"image {k}, instance {i}"
-            R = _vector(_get(e, "cam_R_m2c", path, where), 9, path, f"{where}.cam_R_m2c").reshape(3, 3)
-            t = _vector(_get(e, "cam_t_m2c", path, where), 3, path, f"{where}.cam_t_m2c", mm=True)
-            obj_id = _int(_get(e, "obj_id", path, where), path, f"{where}.obj_id")
-            recs.append(GtRecord(obj_id=obj_id, R=R, t=t))
-        out[im_id] = recs
+        out[im_id] = [parse(e, path, f"image {k}, instance {i}") for i, e in enumerate(entries)]
     return out
+
+
+def _parse_gt(e: Any, path: Path, where: str) -> GtRecord:
+    R = _vector(_get(e, "cam_R_m2c", path, where), 9, path, f"{where}.cam_R_m2c").reshape(3, 3)
+    t = _vector(_get(e, "cam_t_m2c", path, where), 3, path, f"{where}.cam_t_m2c", mm=True)
+    obj_id = _int(_get(e, "obj_id", path, where), path, f"{where}.obj_id")
+    return GtRecord(obj_id=obj_id, R=R, t=t)
+
+
+def load_scene_gt(path: PathLike) -> Dict[int, List[GtRecord]]:
+    """Read ``scene_gt.json`` -> ``{im_id: [GtRecord, ...]}`` (translations in metres)."""
+    return _load_per_image(path, _parse_gt)
 
 
 def save_scene_gt(path: PathLike, gts: Mapping[int, Sequence[GtRecord]]) -> None:
@@ -575,29 +580,19 @@ def save_scene_gt(path: PathLike, gts: Mapping[int, Sequence[GtRecord]]) -> None
 _GT_INFO_INTS = ("px_count_all", "px_count_valid", "px_count_visib")
 
 
+def _parse_gt_info(e: Any, path: Path, where: str) -> GtInfoRecord:
+    kw: Dict[str, Any] = {
+        b: _int_vector(_get(e, b, path, where), 4, path, f"{where}.{b}") for b in ("bbox_obj", "bbox_visib")
+    }
+    for name in _GT_INFO_INTS:
+        kw[name] = _int(_get(e, name, path, where), path, f"{where}.{name}")
+    kw["visib_fract"] = _scalar(_get(e, "visib_fract", path, where), path, f"{where}.visib_fract")
+    return GtInfoRecord(**kw)
+
+
 def load_scene_gt_info(path: PathLike) -> Dict[int, List[GtInfoRecord]]:
     """Read ``scene_gt_info.json`` -> ``{im_id: [GtInfoRecord, ...]}``."""
-    path = Path(path)
-    data = _read_json(path)
-    if not isinstance(data, dict):
-        raise BopFormatError(f"{path}: expected a JSON object keyed by image id")
-    out: Dict[int, List[GtInfoRecord]] = {}
-    for k, entries in data.items():
-        im_id = _id_key(k, path, "image id")
-        if not isinstance(entries, list):
-            raise BopFormatError(f"{path}: image {k}: expected a list of instances")
-        recs = []
-        for i, e in enumerate(entries):
-            where = f"image {k}, instance {i}"
-            kw: Dict[str, Any] = {
-                b: _int_vector(_get(e, b, path, where), 4, path, f"{where}.{b}") for b in ("bbox_obj", "bbox_visib")
-            }
-            for name in _GT_INFO_INTS:
-                kw[name] = _int(_get(e, name, path, where), path, f"{where}.{name}")
-            kw["visib_fract"] = _scalar(_get(e, "visib_fract", path, where), path, f"{where}.visib_fract")
-            recs.append(GtInfoRecord(**kw))
-        out[im_id] = recs
-    return out
+    return _load_per_image(path, _parse_gt_info)
 
 
 def save_scene_gt_info(path: PathLike, infos: Mapping[int, Sequence[GtInfoRecord]]) -> None:
