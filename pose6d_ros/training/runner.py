@@ -18,7 +18,7 @@ from pose6d_ros.training.config import get
 from pose6d_ros.training.trainer import (CheckpointHook, EMAHook, EvalHook, HookBase, LoggerHook, StepOutput,
                                          Trainer)
 
-__all__ = ["Run", "prepare", "finish"]
+__all__ = ["Run", "cli_main"]
 
 log = logging.getLogger("pose6d_ros.training")
 
@@ -137,3 +137,16 @@ class Run:
             print(format_markdown(table, f"{kind} on {self.test_split}"), flush=True)
             result["table"] = table
         return result
+
+
+def cli_main(prog: str, description: str, train: Callable[..., Any], argv=None) -> Any:
+    """The body of every trainer's console script: recipe + ``--set`` overrides, ``--resume``, clean teardown."""
+    import argparse
+
+    from pose6d_ros.training.config import add_common_args, config_from_args
+
+    args = add_common_args(argparse.ArgumentParser(prog=prog, description=description)).parse_args(argv)
+    try:
+        return train(config_from_args(args), resume=args.resume)
+    finally:
+        du.cleanup()

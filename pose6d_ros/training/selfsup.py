@@ -12,18 +12,16 @@ evaluated every ``eval.period`` steps (logged only; never a loss).
 
 from __future__ import annotations
 
-import argparse
 import logging
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
 
-from pose6d_ros.training import distributed as du
 from pose6d_ros.training.build import RunObjects, SyntheticSource
-from pose6d_ros.training.config import add_common_args, config_from_args, get, merge
+from pose6d_ros.training.config import get, merge
 from pose6d_ros.training.perceptual import build_perceptual
-from pose6d_ros.training.runner import Run
+from pose6d_ros.training.runner import Run, cli_main
 from pose6d_ros.training.selfsup_step import SelfSupSettings, SelfSupStep
 from pose6d_ros.training.trainer import EMATeacher, StepSampler
 
@@ -127,12 +125,7 @@ def train(cfg: Dict[str, Any], resume: bool = False) -> Optional[Dict[str, Any]]
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:
     """Console script ``train_selfsup``."""
-    ap = add_common_args(argparse.ArgumentParser(prog="train_selfsup", description=__doc__.split("\n")[0]))
-    args = ap.parse_args(argv)
-    try:
-        return train(config_from_args(args), resume=args.resume)
-    finally:
-        du.cleanup()
+    return cli_main("train_selfsup", __doc__.split("\n")[0], train, argv)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,12 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any, Dict, Optional, Sequence
 
-from pose6d_ros.training import distributed as du
 from pose6d_ros.training import losses as L
 from pose6d_ros.training.build import SyntheticSource
-from pose6d_ros.training.config import add_common_args, config_from_args, get
-from pose6d_ros.training.runner import Run
+from pose6d_ros.training.config import get
+from pose6d_ros.training.runner import Run, cli_main
 from pose6d_ros.training.trainer import StepOutput, StepSampler, Trainer
 
 __all__ = ["supervised_step", "train", "main"]
@@ -55,12 +53,7 @@ def train(cfg: Dict[str, Any], resume: bool = False) -> Optional[Dict[str, Any]]
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:
     """Console script ``train_supervised``."""
-    ap = add_common_args(argparse.ArgumentParser(prog="train_supervised", description=__doc__.split("\n")[0]))
-    args = ap.parse_args(argv)
-    try:
-        return train(config_from_args(args), resume=args.resume)
-    finally:
-        du.cleanup()
+    return cli_main("train_supervised", __doc__.split("\n")[0], train, argv)
 
 
 if __name__ == "__main__":
