@@ -59,7 +59,21 @@ def _table_row(res: Dict[str, Any]) -> Dict[str, float]:
     return {name: row["ADD(-S)"] for name, row in t.rows.items()} | {"mean": t.mean()["ADD(-S)"]}
 
 
-def run_tables(mode: str, out: Path, data_root: Path) -> Dict[str, Any]:
+def _cached_row(path: Path, run) -> Dict[str, float]:
+    """The ADD(-S) row of a stage, read from ``path`` when an earlier (possibly killed) run of this
+    benchmark finished that stage, else trained now and written (atomically) for the next run."""
+    from pose6d_ros._io import atomic_write_text
+
+    if path.is_file():
+        print(f"[selfsup_lm_lite] reusing {path}")
+        return json.loads(path.read_text())
+    row = _table_row(run())
+    atomic_write_text(path, json.dumps(row, indent=1))
+    return row
+
+
+def run_tables(mode: str, out: Path, data_root: Path, stages=("synthetic", "real", "selfsup", "ablation"),
+               selfsup_overrides: Dict[str, Any] | None = None) -> Dict[str, Any]:
     from pose6d_ros.training import selfsup, supervised
 
     m = MODES[mode]
@@ -70,49 +84,66 @@ def run_tables(mode: str, out: Path, data_root: Path) -> Dict[str, Any]:
         "log": {"progress": False, "tensorboard": True, "period": 50},
         "eval": {"final_test": True, "test_limit": m["test_limit"], "period": 100},
     }
-    results: Dict[str, Any] = {"mode": mode, "config": m, "seconds": {}}
-    t0 = time.time()
+    results: Dict[str, Any] = {"mode": mode, "config": m, "seconds": {}, "selfsup_overrides": selfsup_overrides or {}}
+    rows: Dict[str, Dict[str, float]] = {}
+
+    def timed(key: str, fn):
+        t0 = time.time()
+        out_row = fn()
+        results["seconds"][key] = time.time() - t0
+        return out_row
+
     syn_cfg = load_config(ROOT / "training/synthetic_lm_lite.yaml")
     syn_cfg = merge(syn_cfg, merge(base, {"output_dir": str(out / "synthetic"),
                                           "optim": {"max_steps": m["syn_steps"], "lr_steps": [int(0.8 * m["syn_steps"])]}}))
-    res_syn = supervised.train(syn_cfg)
-    results["seconds"]["synthetic"] = time.time() - t0
+    if "synthetic" in stages:
+        rows["synthetic only"] = timed("synthetic", lambda: _cached_row(out / "synthetic" / "row.json",
+                                                                        lambda: supervised.train(syn_cfg)))
     init = str(out / "synthetic" / "model.pt")
 
-    t0 = time.time()
     real_cfg = load_config(ROOT / "training/real_labels_lm_lite.yaml")
     real_cfg = merge(real_cfg, merge(base, {"output_dir": str(out / "real"), "init": {"checkpoint": init},
                                             "optim": {"max_steps": m["real_steps"], "lr_steps": []}}))
-    res_real = supervised.train(real_cfg)
-    results["seconds"]["real"] = time.time() - t0
+    if "real" in stages:
+        rows["real labels"] = timed("real", lambda: _cached_row(out / "real" / "row.json",
+                                                               lambda: supervised.train(real_cfg)))
 
-    t0 = time.time()
     ss_cfg = load_config(ROOT / "training/selfsup_lm_lite.yaml")
     ss_cfg = merge(ss_cfg, merge(base, {"output_dir": str(out / "selfsup"), "init": {"checkpoint": init,
                                         "freeze_early_steps": m["ss_steps"] // 5},
-                                        "optim": {"max_steps": m["ss_steps"], "lr_steps": []}}))
-    res_ss = selfsup.train(ss_cfg)
-    results["seconds"]["selfsup"] = time.time() - t0
+                                        "optim": {"max_steps": m["ss_steps"], "lr_steps": []},
+                                        "selfsup": selfsup_overrides or {}}))
+    if "selfsup" in stages:
+        diag: Dict[str, Any] = {}
 
-    rows = {"synthetic only": _table_row(res_syn), "self-supervised": _table_row(res_ss),
-            "real labels": _table_row(res_real)}
-    results["table1"] = rows
-    s, r, ss = rows["synthetic only"]["mean"], rows["real labels"]["mean"], rows["self-supervised"]["mean"]
-    results["gap_recovered"] = (ss - s) / (r - s) if r > s else float("nan")
-    results["gap_is_real"] = s <= 0.5 * r
-    results["diag"] = {"selfsup": res_ss.get("diag", [])}
+        def run_ss():
+            res = selfsup.train(ss_cfg)
+            diag["selfsup"] = res.get("diag", [])
+            return res
 
-    # Table 3: one object, one component off at a time (same init, shorter runs)
-    abl: Dict[str, float] = {}
-    obj = m["ablation_object"]
-    for name, switch in ABLATIONS.items():
-        cfg = merge(ss_cfg, {"output_dir": str(out / "ablation" / name.replace(" ", "_")),
-                             "data": {"objects": m["objects"]}, "selfsup": switch,
-                             "optim": {"max_steps": m["ablation_steps"]},
-                             "eval": {"period": 0}})
-        res = selfsup.train(cfg)
-        abl[name] = res["table"].rows[_name_of(obj)]["ADD(-S)"]
-    results["table3"] = {"object": _name_of(obj), "ADD(-S)": abl}
+        rows["self-supervised"] = timed("selfsup", lambda: _cached_row(out / "selfsup" / "row.json", run_ss))
+        results["diag"] = diag
+    if {"synthetic only", "real labels", "self-supervised"} <= set(rows):
+        results["table1"] = {k: rows[k] for k in ("synthetic only", "self-supervised", "real labels")}
+        s, r, ss = rows["synthetic only"]["mean"], rows["real labels"]["mean"], rows["self-supervised"]["mean"]
+        results["gap_recovered"] = (ss - s) / (r - s) if r > s else float("nan")
+        results["gap_is_real"] = s <= 0.5 * r
+    else:
+        results["rows"] = rows
+
+    if "ablation" in stages:
+        # Table 3: one object, one component off at a time (same init, shorter runs)
+        abl: Dict[str, float] = {}
+        obj = m["ablation_object"]
+        for name, switch in ABLATIONS.items():
+            cfg = merge(ss_cfg, {"output_dir": str(out / "ablation" / name.replace(" ", "_")),
+                                 "data": {"objects": m["objects"]}, "selfsup": switch,
+                                 "optim": {"max_steps": m["ablation_steps"]},
+                                 "eval": {"period": 0}})
+            row = timed(f"ablation {name}", lambda: _cached_row(out / "ablation" / name.replace(" ", "_") / "row.json",
+                                                               lambda: selfsup.train(cfg)))
+            abl[name] = row[_name_of(obj)]
+        results["table3"] = {"object": _name_of(obj), "ADD(-S)": abl}
     return results
 
 
@@ -123,13 +154,16 @@ def _name_of(obj_id: int) -> str:
 
 
 def markdown(results: Dict[str, Any]) -> str:
-    rows = results["table1"]
+    rows = results.get("table1") or results.get("rows") or {}
+    if not rows:
+        return ""
     names = [k for k in next(iter(rows.values())) if k != "mean"]
     lines = ["| method | " + " | ".join(names) + " | mean |", "|---|" + "---:|" * (len(names) + 1)]
     for method, row in rows.items():
         lines.append(f"| {method} | " + " | ".join(f"{row[n]:.1f}" for n in names) + f" | **{row['mean']:.1f}** |")
     lines.append("")
-    lines.append(f"Gap recovered: {100 * results['gap_recovered']:.0f}% (gap real: {results['gap_is_real']})")
+    if "gap_recovered" in results:
+        lines.append(f"Gap recovered: {100 * results['gap_recovered']:.0f}% (gap real: {results['gap_is_real']})")
     t3 = results.get("table3")
     if t3:
         lines += ["", f"| ablation ({t3['object']}) | ADD(-S) |", "|---|---:|"]
@@ -248,6 +282,10 @@ def main() -> None:
     ap.add_argument("--probe", action="store_true")
     ap.add_argument("--data", default=str(ROOT / "data/lm-lite"))
     ap.add_argument("--out", default=str(ROOT / "runs/bench_selfsup"))
+    ap.add_argument("--stages", default="synthetic,real,selfsup,ablation",
+                    help="comma list; a stage finished by an earlier run (its row.json) is reused, not retrained")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="selfsup.KEY=VALUE overrides for the self-supervised and ablation runs")
     a = ap.parse_args()
     if a.throughput:
         r = throughput()
@@ -256,7 +294,10 @@ def main() -> None:
         print(json.dumps(probe(Path(a.data)), indent=1))
     if a.mode:
         out = Path(a.out) / a.mode
-        res = run_tables(a.mode, out, Path(a.data))
+        from pose6d_ros.training.config import apply_overrides
+
+        over = apply_overrides({}, a.overrides).get("selfsup", {})
+        res = run_tables(a.mode, out, Path(a.data), tuple(a.stages.split(",")), over)
         text = markdown(res)
         print(text)
         (out / "results.md").write_text(text)

@@ -41,6 +41,24 @@ class RunObjects:
         """``(N, K, 3)`` metres, model-row order."""
         return torch.as_tensor(self.registry.keypoints(self.ids), dtype=torch.float32)
 
+    def extent_points(self, max_points: int = 128) -> torch.Tensor:
+        """``(N, P, 3)`` metres: convex-hull vertices of each mesh (their projection spans the same 2D
+        box as the silhouette), at most ``max_points`` per object, repeated up to a common ``P``."""
+        from scipy.spatial import ConvexHull, QhullError
+
+        sets = []
+        for oid in self.ids:
+            v = np.asarray(self.registry.get(oid).model_vertices(), dtype=np.float64)
+            try:
+                v = v[ConvexHull(v).vertices]
+            except (QhullError, ValueError):  # flat meshes: every vertex
+                pass
+            if len(v) > max_points:
+                v = v[np.random.default_rng(0).choice(len(v), max_points, replace=False)]
+            sets.append(v)
+        P = max(len(v) for v in sets)
+        return torch.as_tensor(np.stack([np.resize(v, (P, 3)) for v in sets]), dtype=torch.float32)
+
     def row_lookup(self) -> torch.Tensor:
         """``registry.index_of -> model row`` as a tensor (``-1`` for objects not in the run)."""
         lut = torch.full((len(self.registry),), -1, dtype=torch.long)
@@ -273,10 +291,11 @@ class TargetCrops:
 
     def batch(self, indices: Sequence[int], jitter: Optional[bool] = None,
               with_labels: bool = True) -> Dict[str, torch.Tensor]:
-        """``{"image" (B,3,S,S), "K" (B,3,3) crop intrinsics, "object_index" (B,)}`` plus, when
+        """``{"image" (B,3,S,S), "K" (B,3,3) crop intrinsics, "box" (B,4) the (unjittered) box in crop
+        pixels, "object_index" (B,)}`` plus, when
         labelled and ``with_labels``, ``"R"``, ``"t"``, ``"keypoints"`` (normalised)."""
         from pose6d_ros.data.crops import bop_bbox_to_box, crop_images, jitter_boxes, square_windows
-        from pose6d_ros.geometry.camera import crop_intrinsics, pixels_to_normalized
+        from pose6d_ros.geometry.camera import crop_affine, crop_intrinsics, pixels_to_normalized
         from pose6d_ros.geometry.keypoints import project_points
 
         items = [self.items[int(i)] for i in indices]
@@ -290,7 +309,9 @@ class TargetCrops:
         crops = [crop_images(self._image(it.scene_id, it.im_id).float() / 255.0, w[None], self.S)
                  for it, w in zip(items, windows)]
         K_crop = crop_intrinsics(K, windows, self.S)
-        out = {"image": torch.cat(crops), "K": K_crop,
+        A = crop_affine(windows, self.S)  # the box seen in crop pixels (L_box's detection box)
+        box_crop = (boxes.view(-1, 2, 2) @ A[:, :, :2].transpose(1, 2) + A[:, None, :, 2]).reshape(-1, 4)
+        out = {"image": torch.cat(crops), "K": K_crop, "box": box_crop,
                "object_index": torch.tensor([self.row[it.obj_id] for it in items]),
                "K_full": K, "ids": torch.tensor([[it.scene_id, it.im_id, it.obj_id] for it in items])}
         if with_labels and all(it.R is not None for it in items):
@@ -309,7 +330,6 @@ def diagnostic_eval(model: torch.nn.Module, data: Dict[str, torch.Tensor], objec
     Logged during training to watch drift; it never feeds a loss nor picks checkpoints.
     """
     from pose6d_ros.evaluation.evaluate import predict_crops
-    from pose6d_ros.geometry.keypoints import project_points
 
     was = model.training
     model.eval()

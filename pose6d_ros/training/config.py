@@ -52,7 +52,7 @@ DEFAULTS: Dict[str, Any] = {
         "freeze_bn": True,
     },
     "selfsup": {
-        "weights": {"pose": 1.0, "pose2": 1.0, "sup": 1.0, "percep": 20.0},
+        "weights": {"pose": 1.0, "pose2": 1.0, "sup": 1.0, "percep": 20.0, "box": 1.0},
         "huber_delta": 0.02,
         "use_pose": True,
         "use_pose2": True,
@@ -61,6 +61,7 @@ DEFAULTS: Dict[str, Any] = {
         "use_percep": True,
         "use_mask": True,  # False = x_m is the raw crop (ablation "no masking")
         "use_occlusion": True,
+        "use_box": False,  # ours: L_box, h1's 2D scale/position pinned to the detection box
         "occlusion_patches": {"min_patches": 0, "max_patches": 3, "min_size": 0.1, "max_size": 0.4},
         "render": {"max_faces": 2000, "sigma": 0.7},  # in-loop soft renderer (mesh decimated above max_faces)
         "fuse_forward": True,  # h2, h3 and Φ(x_g) in one forward pass

@@ -27,6 +27,7 @@ __all__ = [
     "synthetic_supervision",
     "perceptual_distance",
     "mask_blend",
+    "box_consistency",
     "total_loss",
 ]
 
@@ -39,6 +40,7 @@ class LossWeights:
     pose2: float = 1.0
     sup: float = 1.0
     percep: float = 20.0
+    box: float = 1.0  # ours, not the paper's: see box_consistency
 
 
 def _weighted_mean(per_sample: torch.Tensor, weight: Optional[torch.Tensor]) -> torch.Tensor:
@@ -201,13 +203,63 @@ def mask_blend(x: torch.Tensor, m: torch.Tensor, background: torch.Tensor | floa
     return m * x + (1.0 - m) * background
 
 
-def total_loss(losses: Dict[str, torch.Tensor], weights: LossWeights = LossWeights()) -> torch.Tensor:
-    """Eq. 3: ``λ1 L_pose + λ2 L_pose2 + λ3 L_sup + λ4 L_percep`` over the terms present.
+def box_consistency(
+    h: torch.Tensor,
+    pose_box: torch.Tensor,
+    det_box: torch.Tensor,
+    delta: float = 0.02,
+    weight: Optional[torch.Tensor] = None,
+    axis_tolerance: float = 0.85,
+) -> torch.Tensor:
+    """L_box (ours, not in the paper): the detection box pins the 2D scale and position of ``h``.
 
-    ``losses`` maps ``"pose"``, ``"pose2"``, ``"sup"``, ``"percep"`` to scalars; missing keys are
+    Render-and-compare on a masked image has a trivial minimum: a pose far away renders nothing,
+    and "nothing" matches the masked real image (RESULTS.md, self-supervised diagnosis). The
+    detection box that cropped the real image fixes the object's apparent size, so ``h`` is pulled
+    towards its own similarity transform that maps ``pose_box`` (the 2D extent of the object at
+    the pose from ``h``) onto ``det_box``: ``target = c_pose + shift + s (h − c_pose)``, detached.
+
+    Occlusion makes the visible box smaller along one axis, so the scale is the larger of the two
+    per-axis ratios ``s = max(w_det / w_pose, h_det / h_pose)``, and the centre shift is applied
+    only along axes whose ratio is within ``axis_tolerance`` of ``s`` (not truncated).
+
+    Args:
+        h: ``(B, K, 2)`` predicted keypoints, normalised crop coordinates.
+        pose_box: ``(B, 4)`` ``(x0, y0, x1, y1)`` extent of the object at the pose from ``h``,
+            same units (detached inside).
+        det_box: ``(B, 4)`` detection box in the same units.
+        delta: Huber transition.
+        weight: optional ``(B,)``.
+
+    Returns:
+        scalar tensor.
+    """
+    check_shape(h, ("B", "K", 2), "h")
+    check_shape(pose_box, ("B", 4), "pose_box")
+    check_shape(det_box, ("B", 4), "det_box")
+    with torch.no_grad():
+        pose_box, det_box = pose_box.to(h.dtype), det_box.to(h.dtype)
+        size_pose = (pose_box[:, 2:] - pose_box[:, :2]).clamp_min(1e-6)
+        size_det = (det_box[:, 2:] - det_box[:, :2]).clamp_min(1e-6)
+        ratio = size_det / size_pose  # (B, 2)
+        scale = ratio.amax(dim=1, keepdim=True)  # (B, 1)
+        untruncated = (ratio >= axis_tolerance * scale).to(h.dtype)
+        c_pose = (pose_box[:, :2] + pose_box[:, 2:]) / 2
+        c_det = (det_box[:, :2] + det_box[:, 2:]) / 2
+        centre = c_pose + untruncated * (c_det - c_pose)
+        target = centre[:, None, :] + scale[:, :, None] * (h.detach() - c_pose[:, None, :])
+    return huber(h, target, delta, weight)
+
+
+def total_loss(losses: Dict[str, torch.Tensor], weights: LossWeights = LossWeights()) -> torch.Tensor:
+    """Eq. 3: ``λ1 L_pose + λ2 L_pose2 + λ3 L_sup + λ4 L_percep`` (+ ``λ_box L_box``, ours) over the
+    terms present.
+
+    ``losses`` maps ``"pose"``, ``"pose2"``, ``"sup"``, ``"percep"``, ``"box"`` to scalars; missing keys are
     switched-off components. Unknown keys raise, so a typo cannot silently drop a term.
     """
-    lam = {"pose": weights.pose, "pose2": weights.pose2, "sup": weights.sup, "percep": weights.percep}
+    lam = {"pose": weights.pose, "pose2": weights.pose2, "sup": weights.sup, "percep": weights.percep,
+           "box": weights.box}
     unknown = set(losses) - set(lam)
     if unknown:
         raise KeyError(f"total_loss: unknown loss names {sorted(unknown)}")

@@ -68,7 +68,8 @@ def build_step(cfg: Dict[str, Any], objects: RunObjects, model: torch.nn.Module,
     perceptual = build_perceptual(scfg.get("perceptual", {}), model).to(device) if settings.use_percep else None
     return SelfSupStep(settings=settings, keypoints_3d=objects.keypoints.to(device),
                        render_fn=build_renderer(objects, cfg, device), pnp_fn=solve_pnp,
-                       perceptual=perceptual, occlusion_fn=occlusion_fn)
+                       perceptual=perceptual, occlusion_fn=occlusion_fn,
+                       extent_points=objects.extent_points() if settings.use_box else None)
 
 
 def pretrain_synthetic(cfg: Dict[str, Any], resume: bool = False) -> Dict[str, Any]:

@@ -56,6 +56,8 @@ class SelfSupSettings:
     use_percep: bool = True
     use_mask: bool = True
     use_occlusion: bool = True
+    # ours: L_box pins h1's 2D scale/position to the detection box (losses.box_consistency)
+    use_box: bool = False
     background: str = "constant"
     background_value: float = 0.5
     grad_through_mask: bool = True
@@ -91,9 +93,12 @@ class SelfSupStep:
         perceptual: frozen feature extractor ``images -> list of features`` (needed if
             ``use_percep``).
         occlusion_fn: patch sampler (needed if ``use_occlusion``), see :data:`OcclusionFn`.
+        extent_points: ``(N_obj, P, 3)`` points whose projection spans the object's 2D box
+            (needed if ``use_box``; e.g. ``RunObjects.extent_points``).
 
     Batch: a dict with
-        - ``"real"``: ``{"image": (B,3,S,S), "K": (B,3,3) crop intrinsics, "object_index": (B,)}``
+        - ``"real"``: ``{"image": (B,3,S,S), "K": (B,3,3) crop intrinsics, "object_index": (B,)}``,
+          plus ``"box": (B,4)`` the detection box in crop pixels when ``use_box``
         - ``"synthetic"`` (if ``use_sup_synthetic``): ``{"image": (Bg,3,S,S), "keypoints":
           (Bg,K,2) normalised, "object_index": (Bg,)}``
     """
@@ -107,14 +112,19 @@ class SelfSupStep:
         pnp_fn: PnPFn,
         perceptual: Optional[nn.Module] = None,
         occlusion_fn: Optional[OcclusionFn] = None,
+        extent_points: Optional[torch.Tensor] = None,
     ) -> None:
         check_shape(keypoints_3d, ("N", "K", 3), "keypoints_3d")
         if settings.use_percep and perceptual is None:
             raise ValueError("SelfSupStep: use_percep needs a perceptual feature extractor")
         if settings.use_occlusion and occlusion_fn is None:
             raise ValueError("SelfSupStep: use_occlusion needs an occlusion_fn")
+        if settings.use_box and extent_points is None:
+            raise ValueError("SelfSupStep: use_box needs extent_points")
+        if extent_points is not None:
+            check_shape(extent_points, ("N", "P", 3), "extent_points")
         if not (settings.use_pose or settings.use_pose2 or settings.use_sup_render
-                or settings.use_sup_synthetic or settings.use_percep):
+                or settings.use_sup_synthetic or settings.use_percep or settings.use_box):
             raise ValueError("SelfSupStep: every loss term is switched off")
         self.s = settings
         self.keypoints_3d = keypoints_3d
@@ -122,6 +132,7 @@ class SelfSupStep:
         self.pnp_fn = pnp_fn
         self.perceptual = perceptual
         self.occlusion_fn = occlusion_fn
+        self.extent_points = extent_points
 
     def _background(self, like: torch.Tensor) -> torch.Tensor | float:
         if self.s.background == "constant":
@@ -174,6 +185,14 @@ class SelfSupStep:
             rend = self.render_fn(obj, R1, t1, Kf, S)
             rgb, m1 = rend.rgb.to(x_r.dtype), rend.silhouette.to(x_r.dtype)
             h3_label = pixels_to_normalized(project_points(kp3, R1, t1, Kf), S).detach()
+            pose_box = None
+            if s.use_box:
+                if "box" not in real:
+                    raise KeyError("SelfSupStep: use_box needs batch['real']['box'] (detection box, crop px)")
+                pts = self.extent_points.to(device=x_r.device, dtype=torch.float32)[obj]
+                ext = project_points(pts, R1.detach(), t1.detach(), Kf)  # (B, P, 2) px
+                pose_box = pixels_to_normalized(torch.stack((ext.amin(1), ext.amax(1)), 1), S).reshape(B, 4)
+                det_box = pixels_to_normalized(real["box"].float().reshape(B, 2, 2), S).reshape(B, 4)
         m_mask = m1 if s.grad_through_mask else m1.detach()
         b = self._background(x_r)
         r1 = rgb + (1.0 - m1) * b  # the render (composited over black) moved onto x_m's background
@@ -219,6 +238,8 @@ class SelfSupStep:
                 outs.get("h3_sup", outs.get("h3")) if s.use_sup_render else None,
                 h3_label if s.use_sup_render else None,
                 outs.get("hg"), syn["keypoints"] if syn is not None else None, d, w)
+        if pose_box is not None:
+            parts["box"] = L.box_consistency(h1, pose_box, det_box, d, w)
         if s.use_percep:
             parts["percep"] = L.perceptual_distance(self.perceptual(r1), self.perceptual(x_m), w)
         total = L.total_loss(parts, s.weights)  # Eq. 3

@@ -57,3 +57,28 @@ def test_supervised_selfsup_evaluate(tiny_suite, tmp_path):
                            "--registry", str(tiny_suite / "objects.yaml"), "--limit", "5", "--out", str(tmp_path / "ev")])
     assert sum(table.counts.values()) == 5
     assert (tmp_path / "ev" / "results.csv").read_text().startswith("object,n,ADD(-S),2D proj 5px")
+
+
+def test_target_crops_box_matches_the_projected_object(tiny_suite):
+    """The detection box handed to L_box, in crop pixels, against the GT mesh projected with the
+    crop's K (independent of the crop affine): inside the object's extent, and equal to it when the
+    object is not occluded."""
+    import numpy as np
+
+    from pose6d_ros.geometry.keypoints import project_points
+    from pose6d_ros.training.build import TargetCrops, build_objects, items_from_split
+    from pose6d_ros.training.config import DEFAULTS, merge
+
+    objects = build_objects(merge(DEFAULTS, {"data": {"root": str(tiny_suite), "suite": "lm-lite", "objects": [1]}}))
+    items = items_from_split(tiny_suite / "test", [1])
+    crops = TargetCrops(tiny_suite / "test", items, objects, 64, jitter=(0.1, 0.15))
+    torch.manual_seed(0)
+    b = crops.batch(range(len(items)), jitter=True)
+    verts = torch.as_tensor(np.asarray(objects.registry.get(1).model_vertices()), dtype=torch.float32)
+    uv = project_points(verts.expand(len(items), -1, -1), b["R"], b["t"], b["K"])
+    extent = torch.cat((uv.amin(1), uv.amax(1)), 1)  # pixel centres of the extreme vertices
+    box = b["box"]  # pixel edges: half a (full-image) pixel outside the extreme centres
+    assert box.shape == (len(items), 4)
+    assert bool(((box[:, :2] >= extent[:, :2] - 1.5) & (box[:, 2:] <= extent[:, 2:] + 1.5)).all())
+    close = ((box - extent).abs() <= 1.5).all(1)
+    assert close.float().mean() >= 0.5, (box - extent)

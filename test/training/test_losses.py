@@ -83,3 +83,20 @@ def test_total_loss_weights():
     assert L.total_loss({"sup": torch.tensor(3.0)}, L.LossWeights(sup=2.0)).item() == pytest.approx(6.0)
     with pytest.raises(KeyError):
         L.total_loss({"pse": torch.tensor(1.0)})
+
+
+def test_box_consistency_hand_values():
+    h = torch.tensor([[[0.0, 0.0], [0.2, 0.1]]], requires_grad=True)
+    pose_box = torch.tensor([[-0.1, -0.1, 0.3, 0.2]])  # 0.4 x 0.3, centre (0.1, 0.05)
+    # detection twice as large, centre (0.4, 0.3): target = c_det + 2 (h - c_pose)
+    # = (0.2, 0.2), (0.6, 0.4); errors (-0.2, -0.2), (-0.4, -0.3); quadratic Huber (delta 1)
+    loss = L.box_consistency(h, pose_box, torch.tensor([[0.0, 0.0, 0.8, 0.6]]), delta=1.0)
+    assert loss.item() == pytest.approx(0.5 * (0.04 + 0.04 + 0.16 + 0.09) / 4)
+    loss.backward()
+    assert torch.allclose(h.grad, torch.tensor([[[-0.2, -0.2], [-0.4, -0.3]]]) / 4)  # target is detached
+    # x truncated (ratio 1 against s = 2): scale 2 about the pose centre, shift along y only:
+    # targets (0.1 - 0.2, 0.3 - 0.1) = (-0.1, 0.2) and (0.3, 0.4)
+    loss = L.box_consistency(h, pose_box, torch.tensor([[0.0, 0.0, 0.4, 0.6]]), delta=1.0)
+    assert loss.item() == pytest.approx(0.5 * (0.01 + 0.04 + 0.01 + 0.09) / 4)
+    # the pose already spans the box: no loss
+    assert L.box_consistency(h, pose_box, pose_box).item() == pytest.approx(0.0, abs=1e-12)

@@ -159,3 +159,49 @@ def test_render_label_term_has_no_path_to_the_pose(setup):
     g_shared, _ = _grads(_step(**only_sup, sup_render_detached=False), model, batch)
     torch.testing.assert_close(g_default, g_cut)
     assert (g_shared - g_cut).abs().max() > 1e-7
+
+
+def test_box_term_against_opencv(setup):
+    """L_box in the step, wired through PnP and the extent projection, against OpenCV's solvePnP and
+    projectPoints on the same h1 and the hand formula of losses.box_consistency."""
+    import cv2
+    import numpy as np
+
+    from pose6d_ros.geometry.camera import normalized_to_pixels
+
+    model, batch = setup
+    B = batch["real"]["image"].shape[0]
+    cube = D.cube_points()
+    with torch.no_grad():
+        h1 = model(batch["real"]["image"], batch["real"]["object_index"]).double()
+    uv = normalized_to_pixels(h1, D.S).numpy()
+    K = batch["real"]["K"][0].double().numpy()
+    ext = []
+    for b in range(B):
+        ok, rvec, tvec = cv2.solvePnP(D.keypoints_3d()[0].double().numpy(), uv[b], K, None,
+                                      flags=cv2.SOLVEPNP_ITERATIVE)
+        assert ok
+        proj, _ = cv2.projectPoints(cube.double().numpy(), rvec, tvec, K, None)
+        ext.append(np.concatenate([proj[:, 0].min(0), proj[:, 0].max(0)]))
+    ext = torch.as_tensor(np.stack(ext))  # (B, 4) crop px
+    # the detection box: the object's extent grown 1.5x about its centre and moved 2 px right
+    centre, half = (ext[:, :2] + ext[:, 2:]) / 2, (ext[:, 2:] - ext[:, :2]) / 2
+    box = torch.cat((centre - 1.5 * half, centre + 1.5 * half), 1) + torch.tensor([2.0, 0, 2.0, 0])
+    batch["real"]["box"] = box.float()
+    step = SelfSupStep(settings=SelfSupSettings(use_pose=False, use_pose2=False, use_sup_render=False,
+                                                use_sup_synthetic=False, use_percep=False, use_mask=False,
+                                                use_occlusion=False, use_box=True, huber_delta=1.0),
+                       keypoints_3d=D.keypoints_3d(), render_fn=D.splat_render, pnp_fn=solve_pnp,
+                       extent_points=cube[None])
+    got = step(SimpleNamespace(model=model, state={}), batch).losses["box"]
+
+    to_n = lambda px: (px + 0.5) * 2 / D.S - 1  # noqa: E731  (pixel -> normalised, conventions.md)
+    c_pose, c_det = to_n(centre), to_n(centre + torch.tensor([2.0, 0]))
+    target = c_det[:, None] + 1.5 * (h1 - c_pose[:, None])
+    expected = 0.5 * ((h1 - target) ** 2).mean()
+    assert got.item() == pytest.approx(expected.item(), rel=1e-3)
+    assert got.item() > 1e-4
+    with pytest.raises(ValueError, match="extent_points"):
+        SelfSupStep(settings=SelfSupSettings(use_box=True), keypoints_3d=D.keypoints_3d(),
+                    render_fn=D.splat_render, pnp_fn=solve_pnp, perceptual=torch.nn.Identity(),
+                    occlusion_fn=D.occlusion)
