@@ -104,12 +104,26 @@ def project(points: torch.Tensor, K: torch.Tensor) -> Tuple[torch.Tensor, torch.
 
 def _expand(counts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """For ``counts (N,)`` return ``owner (T,)`` and ``local (T,)``: item ``n`` repeated ``counts[n]``
-    times and ``0..counts[n]-1`` for each, ``T = counts.sum()``."""
-    total = int(counts.sum())
-    owner = torch.repeat_interleave(counts, output_size=total)
-    starts = torch.cumsum(counts, 0) - counts
-    local = torch.arange(total, device=counts.device) - starts.index_select(0, owner)
+    times and ``0..counts[n]-1`` for each, ``T = counts.sum()`` (both of ``counts``' dtype).
+
+    ``owner`` is a prefix sum of item starts rather than ``repeat_interleave``, which is several
+    times slower on the CPU: an item's start is marked once per item beginning there (empty items
+    share their successor's start), so the running count of marks is the owner plus one.
+    """
+    dt, dev = counts.dtype, counts.device
+    ends = torch.cumsum(counts, 0, dtype=dt)
+    total = int(ends[-1]) if counts.numel() else 0
+    starts = ends - counts
+    marks = torch.zeros(total + 1, dtype=dt, device=dev)
+    marks.index_add_(0, starts, torch.ones_like(starts))
+    owner = torch.cumsum(marks[:total], 0, dtype=dt) - 1
+    local = torch.arange(total, dtype=dt, device=dev) - starts.index_select(0, owner)
     return owner, local
+
+
+def _index_dtype(n: int) -> torch.dtype:
+    """int32 for flat indices below ``n`` when they fit (int32 arithmetic is about twice as fast)."""
+    return torch.int32 if n < 2**31 else torch.int64
 
 
 def _take(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -135,6 +149,25 @@ def _hi(x: float) -> int:
 _LOW = 0xFFFFFFFF
 
 
+@dataclass(frozen=True)
+class _FaceExtras:
+    """What the shaders need from the face pass besides :class:`Fragments`.
+
+    Attributes:
+        covered: ``(B * H * W,)`` bool hard coverage.
+        slot: ``(B * H * W,)`` index of each pixel in ``Fragments.pix`` (-1: uncovered).
+        fv: three ``(N,)`` flat (batch-offset) vertex ids of each covered pixel's face.
+        bary: three contiguous ``(N,)`` columns of ``Fragments.bary``.
+        batch: ``(N,)`` batch index of each covered pixel.
+    """
+
+    covered: torch.Tensor
+    slot: torch.Tensor
+    fv: List[torch.Tensor]
+    bary: List[torch.Tensor]
+    batch: torch.Tensor
+
+
 def _rasterize_faces(
     uv: torch.Tensor,
     z: torch.Tensor,
@@ -142,16 +175,17 @@ def _rasterize_faces(
     face_valid: torch.Tensor,
     size: Tuple[int, int],
     znear: float = 1e-3,
-) -> Tuple[Fragments, torch.Tensor, torch.Tensor, List[torch.Tensor]]:
-    """:func:`rasterize_faces`, plus, for the shaders: the ``(B * H * W,)`` bool coverage, the
-    ``(B * H * W,)`` index of each pixel in ``Fragments.pix`` (-1: uncovered) and three ``(N,)`` flat
-    (batch-offset) vertex ids of each covered pixel's face."""
+) -> Tuple[Fragments, _FaceExtras]:
+    """:func:`rasterize_faces`, plus :class:`_FaceExtras` for the shaders."""
     B, V = uv.shape[:2]
     F = faces.shape[1]
     H, W = size
+    HW = H * W
     dev = uv.device
-    fidx = (faces + (torch.arange(B, device=dev) * V)[:, None, None]).reshape(-1, 3)  # (BF, 3) flat vertex ids
-    fcol = [fidx[:, k].contiguous() for k in range(3)]
+    it = _index_dtype(3 * B * HW)  # flat pixel indices, planar RGB ones included
+    vt = _index_dtype(B * V)
+    fidx = (faces.to(vt) + (torch.arange(B, device=dev, dtype=vt) * V)[:, None, None]).reshape(-1, 3)
+    fcol = [fidx[:, k].contiguous() for k in range(3)]  # (BF,) flat vertex ids of each corner
     with torch.no_grad():
         u = uv.detach()[..., 0].reshape(-1).float()
         v = uv.detach()[..., 1].reshape(-1).float()
@@ -175,31 +209,43 @@ def _rasterize_faces(
             & (torch.maximum(torch.maximum(x0, x1), x2) >= 0)
             & (torch.minimum(torch.minimum(x0, x1), x2) <= W - 1)
         )
-        rows = torch.where(ok, ymax - ymin + 1, 0.0).long()
+        rows = torch.where(ok, ymax - ymin + 1, 0.0).to(it)
         # Inverse depth is affine over the triangle: 1/z = pa * x + pb * y + pc.
         ia = 1.0 / (sgn * area).clamp(min=1e-12)
         pa = (A[0] / z0 + A[1] / z1 + A[2] / z2) * ia
         pb = (Bc[0] / z0 + Bc[1] / z1 + Bc[2] / z2) * ia
         pc = (C[0] / z0 + C[1] / z1 + C[2] / z2) * ia
 
-        face_row0 = (torch.arange(B * F, device=dev) // F) * (H * W) + ymin.long() * W
+        face_b = torch.arange(B, device=dev, dtype=it).repeat_interleave(F)
+        face_row0 = face_b * HW + ymin.to(it) * W
+        # Row span: e_k >= 0 <=> x >= bound_k (A_k > 0) or x <= bound_k (A_k < 0), with bound_k =
+        # -(B_k y + C_k) / A_k (a horizontal edge, A_k = 0, holds on every row of the face).  Each
+        # edge's bound is offset by 0 on the side it limits and by >= 5e29 on the other, so a row
+        # takes a plain max / min over the three edges (torch.where is ~20x slower than arithmetic
+        # on the CPU).
+        sA = [torch.sign(a) for a in A]
+        nB = [-b for b in Bc]
+        nC = [-c for c in C]
+        A1 = [a + (1.0 - s.abs()) for a, s in zip(A, sA)]  # A_k, or 1 where A_k == 0
+        pen_lo = [(s - 1.0) * 5e29 for s in sA]
+        pen_hi = [(s + 1.0) * 5e29 for s in sA]
 
-        # (face, row) pairs; each row's covered span is an intersection of three half-lines.
+        # (face, row) pairs.
         gface, r = _expand(rows)
         y = _take(ymin, gface) + r.float()
-        lo = torch.zeros_like(y)
-        hi = torch.full_like(y, float(W - 1))
+        lo_k, hi_k = [], []
         for k in range(3):
-            a_k = _take(A[k], gface)
-            bound = -(_take(Bc[k], gface) * y + _take(C[k], gface)) / torch.where(a_k == 0, 1.0, a_k)
-            # a_k == 0: a horizontal edge, which every row of the face's span satisfies.
-            lo = torch.where(a_k > 0, torch.maximum(lo, bound), lo)
-            hi = torch.where(a_k < 0, torch.minimum(hi, bound), hi)
-        xl = torch.ceil(lo)
-        cols = (torch.floor(hi) - xl + 1).clamp(min=0).long()
+            bound = ((_take(nB[k], gface) * y + _take(nC[k], gface)) / _take(A1[k], gface)).clamp_(-1e20, 1e20)
+            lo_k.append(bound + _take(pen_lo[k], gface))
+            hi_k.append(bound + _take(pen_hi[k], gface))
+        lo = torch.maximum(torch.maximum(lo_k[0], lo_k[1]), lo_k[2])
+        hi = torch.minimum(torch.minimum(hi_k[0], hi_k[1]), hi_k[2])
+        xl = torch.ceil(lo.clamp_(min=0.0)).clamp_(max=float(W))  # W: an empty row, kept in int range
+        cols = (torch.floor(hi.clamp_(max=float(W - 1))) - xl + 1).clamp_(min=0).to(it)
         row_pa = _take(pa, gface)
         row_i0 = row_pa * xl + _take(pb, gface) * y + _take(pc, gface)
-        row_pix = _take(face_row0, gface) + r * W + xl.long()
+        row_base = _take(face_row0, gface) + r * W  # flat index of the row's pixel 0
+        row_pix = row_base + xl.to(it)
 
         # (pixel, face) candidates and the z-buffer.  The key's payload is the candidate's row: rows
         # follow face order and a pixel meets a row at most once, so the largest row is the largest
@@ -207,18 +253,21 @@ def _rasterize_faces(
         row_id, c = _expand(cols)
         pix = _take(row_pix, row_id) + c
         invz = torch.addcmul(_take(row_i0, row_id), _take(row_pa, row_id), c.float())
-        best = torch.full((B * H * W,), -1, dtype=torch.int64, device=dev)
+        best = torch.full((B * HW,), -1, dtype=torch.int64, device=dev)
         best.scatter_reduce_(0, pix, _keys(invz.clamp_(min=0), row_id), reduce="amax", include_self=True)
         covered = best >= 0
         cov_pix = torch.nonzero(covered).squeeze(1)
-        cov_face = _take(gface, _take(best, cov_pix) & _LOW)  # global face id b * F + f
+        win = _take(best, cov_pix) & _LOW  # the winning row
+        cov_face = _take(gface, win)  # global face id b * F + f
+        cov_b = _take(face_b, cov_face)
+        # A winner's pixel coordinates, from its row (integer-valued, so exact in any float dtype).
+        qy = _take(y, win).to(uv.dtype)
+        qx = (cov_pix - _take(row_base, win)).to(uv.dtype)
+        face_local = torch.arange(F, device=dev).repeat(B)
         # The key buffer becomes the map pixel -> slot in cov_pix (-1 where uncovered), for shaders.
         slot = best.scatter_(0, cov_pix, torch.arange(cov_pix.shape[0], device=dev))
 
     # Differentiable recomputation for the winners only.
-    rem = cov_pix % (H * W)
-    qy = (rem // W).to(uv.dtype)
-    qx = (rem % W).to(uv.dtype)
     fv = [_take(fcol[k], cov_face) for k in range(3)]  # flat vertex ids
     uf = uv[..., 0].reshape(-1)
     vf = uv[..., 1].reshape(-1)
@@ -233,9 +282,11 @@ def _rasterize_faces(
     p1 = w1 / (wsum * _take(zl, fv[1]))
     p2 = w2 / (wsum * _take(zl, fv[2]))
     invz_d = p0 + p1 + p2
-    bary = torch.stack([p0, p1, p2], -1) / invz_d[:, None]
-    frags = Fragments(pix=cov_pix, face=cov_face % F, bary=bary, zbuf=1.0 / invz_d, size=(B, H, W))
-    return frags, covered, slot, fv
+    bcols = [p0 / invz_d, p1 / invz_d, p2 / invz_d]
+    frags = Fragments(
+        pix=cov_pix, face=_take(face_local, cov_face), bary=torch.stack(bcols, -1), zbuf=1.0 / invz_d, size=(B, H, W)
+    )
+    return frags, _FaceExtras(covered=covered, slot=slot, fv=fv, bary=bcols, batch=cov_b)
 
 
 def rasterize_faces(
@@ -263,6 +314,21 @@ def rasterize_faces(
     return _rasterize_faces(uv, z, faces, face_valid, size, znear)[0]
 
 
+@dataclass(frozen=True)
+class _ContourExtras:
+    """What the shaders need from the contour pass besides :class:`ContourFragments`.
+
+    Attributes:
+        inside: ``(M,)`` bool, band pixel covered.
+        ev: two ``(M,)`` flat (batch-offset) vertex ids of each band pixel's edge.
+        batch: ``(M,)`` batch index of each band pixel.
+    """
+
+    inside: torch.Tensor
+    ev: List[torch.Tensor]
+    batch: torch.Tensor
+
+
 def _rasterize_contours(
     uv: torch.Tensor,
     z: torch.Tensor,
@@ -273,16 +339,18 @@ def _rasterize_contours(
     size: Tuple[int, int],
     margin: float,
     znear: float,
-) -> Tuple[ContourFragments, torch.Tensor]:
-    """:func:`rasterize_contours` on a flat ``(B * H * W,)`` coverage; also returns ``(M,)`` bool,
-    band pixel covered."""
+) -> Tuple[ContourFragments, _ContourExtras]:
+    """:func:`rasterize_contours` on a flat ``(B * H * W,)`` coverage, plus :class:`_ContourExtras`."""
     B, V = uv.shape[:2]
     E = edges.shape[1]
     H, W = size
-    P = B * H * W
+    HW = H * W
+    P = B * HW
     dev = uv.device
-    off = (torch.arange(B, device=dev) * V)[:, None]
-    ev = (edges + off[..., None]).reshape(-1, 2)  # (BE, 2) flat vertex ids
+    it = _index_dtype(P + 1)
+    vt = _index_dtype(B * V)
+    off = (torch.arange(B, device=dev, dtype=vt) * V)[:, None]
+    ev = (edges.to(vt) + off[..., None]).reshape(-1, 2)  # (BE, 2) flat vertex ids
     ev0, ev1 = ev[:, 0].contiguous(), ev[:, 1].contiguous()
     m = float(margin)
     with torch.no_grad():
@@ -293,7 +361,7 @@ def _rasterize_contours(
         bx, by = _take(u, ev1), _take(v, ev1)
         opp = edge_opposite.reshape(-1, 2)
         border = opp[:, 1] < 0
-        oflat = (edge_opposite.clamp(min=0) + off[..., None]).reshape(-1, 2)
+        oflat = (edge_opposite.clamp(min=0).to(vt) + off[..., None]).reshape(-1, 2)
         o0, o1 = oflat[:, 0].contiguous(), oflat[:, 1].contiguous()
         ex, ey = bx - ax, by - ay
         s0 = ex * (_take(v, o0) - ay) - ey * (_take(u, o0) - ax)
@@ -310,75 +378,83 @@ def _rasterize_contours(
             & (torch.maximum(ax, bx) + m >= 0)
             & (torch.minimum(ax, bx) - m <= W - 1)
         )
-        rows = torch.where(contour, y_hi - y_lo + 1, 0.0).long()
+        rows = torch.where(contour, y_hi - y_lo + 1, 0.0).to(it)
+        edge_b = torch.arange(B, device=dev, dtype=it).repeat_interleave(E)
+        # Per edge, so that rows only gather: x = ax + (y - ay) * slope along the segment, and for
+        # a horizontal edge (slope 0 here) the x extent of the whole segment.
+        flat = ey == 0
+        slope = torch.where(flat, 0.0, ex / torch.where(flat, 1.0, ey))
+        flat_lo = torch.where(flat, torch.minimum(ax, ax + ex), 1e30)
+        flat_hi = torch.where(flat, torch.maximum(ax, ax + ex), -1e30)
+        inv_ee = 1.0 / (ex * ex + ey * ey).clamp(min=1e-12)
 
         # (edge, row) pairs: the row's pixels within m of the segment lie within m (in x) of the
         # part of the segment whose y is within m of the row.
         ge, r = _expand(rows)
         y = _take(y_lo, ge) + r.float()
-        gax, gay, gex, gey = _take(ax, ge), _take(ay, ge), _take(ex, ge), _take(ey, ge)
-        gymin, gymax = _take(ymin_e, ge), _take(ymax_e, ge)
-        yl = torch.maximum(y - m, gymin)
-        yh = torch.minimum(y + m, gymax)
-        flat = gey == 0
-        slope = gex / torch.where(flat, 1.0, gey)
-        xa = torch.where(flat, torch.minimum(gax, gax + gex), gax + (yl - gay) * slope)
-        xb = torch.where(flat, torch.maximum(gax, gax + gex), gax + (yh - gay) * slope)
-        xl = torch.ceil(torch.minimum(xa, xb) - m).clamp(min=0)
-        xr = torch.floor(torch.maximum(xa, xb) + m).clamp(max=W - 1)
-        cols = (xr - xl + 1).clamp(min=0).long()
-        inv_ee = 1.0 / (gex * gex + gey * gey).clamp(min=1e-12)
+        gax, gay, gslope = _take(ax, ge), _take(ay, ge), _take(slope, ge)
+        yl = torch.maximum(y - m, _take(ymin_e, ge))
+        yh = torch.minimum(y + m, _take(ymax_e, ge))
+        xa = gax + (yl - gay) * gslope
+        xb = gax + (yh - gay) * gslope
+        x_min = torch.minimum(torch.minimum(xa, xb), _take(flat_lo, ge))
+        x_max = torch.maximum(torch.maximum(xa, xb), _take(flat_hi, ge))
+        xl = torch.ceil(x_min - m).clamp_(0.0, float(W))  # W: an empty row, kept in int range
+        xr = torch.floor(x_max + m).clamp_(max=W - 1)
+        cols = (xr - xl + 1).clamp_(min=0).to(it)
         row_dy = y - gay
         row_dx0 = xl - gax
-        row_pix = (ge // E) * (H * W) + y.long() * W + xl.long()
+        row_base = _take(edge_b, ge) * HW + y.to(it) * W  # flat index of the row's pixel 0
+        row_pix = row_base + xl.to(it)
         # An edge with no uncovered pixel in its band can win no uncovered pixel, so is no outline
         # edge and loses both passes everywhere: drop it before expanding (interior folds are
         # most of the contour edges).  A prefix sum of uncovered pixels counts a row's span.
-        uncov = torch.cumsum(~covered, 0, dtype=torch.int32)
-        before = torch.cat([uncov.new_zeros(1), uncov])  # uncovered pixels before flat pixel p
-        live = cols > 0
-        p_lo = torch.where(live, row_pix, 0)
-        p_hi = torch.where(live, row_pix + cols, 0)  # one past the span; may be P
-        seen = ((_take(before, p_hi) - _take(before, p_lo)) > 0) & live
+        before = torch.zeros(P + 1, dtype=torch.int32, device=dev)  # uncovered pixels before flat pixel p
+        torch.cumsum(~covered, 0, dtype=torch.int32, out=before[1:])
+        p_lo = row_pix.clamp(max=P)  # an empty row may start past the end; its span stays empty
+        seen = (_take(before, (row_pix + cols).clamp_(max=P)) - _take(before, p_lo)) > 0
         edge_seen = torch.zeros(B * E, dtype=torch.int32, device=dev)
         edge_seen.scatter_reduce_(0, ge, seen.to(torch.int32), reduce="amax")
-        cols = torch.where(_take(edge_seen, ge) > 0, cols, 0)
+        cols = cols * _take(edge_seen, ge).to(it)
 
         # (pixel, edge) candidates: squared distance to the segment.
         row_id, c = _expand(cols)
         dx = _take(row_dx0, row_id) + c.float()
         dy = _take(row_dy, row_id)
-        cex, cey = _take(gex, row_id), _take(gey, row_id)
-        sp = ((dx * cex + dy * cey) * _take(inv_ee, row_id)).clamp_(0.0, 1.0)
+        cex, cey = _take(_take(ex, ge), row_id), _take(_take(ey, ge), row_id)
+        sp = ((dx * cex + dy * cey) * _take(_take(inv_ee, ge), row_id)).clamp_(0.0, 1.0)
         rx, ry = dx - sp * cex, dy - sp * cey
         d2 = rx * rx + ry * ry
         pix = _take(row_pix, row_id) + c
-        cov = _take(covered, pix)
-        # Keys >= far are candidates at distance >= m, or ones a pass must ignore; the payload is the
-        # candidate's row (rows follow edge order, a pixel meets a row at most once), so ties go to
-        # the first edge.  Pass 1 (uncovered pixels): nearest contour edge.  Pass 2 (covered
-        # pixels): nearest outline edge, i.e. one that won pass 1 somewhere.  Both passes share one
-        # buffer: pass 1 leaves only ignorable keys on covered pixels, pass 2 only on uncovered ones.
+        cov = _take(covered, pix).to(torch.int64)
+        # Keys >= far are candidates at distance >= m, or ones a pass must ignore (OR-ing far into
+        # a key makes it >= far); the payload is the candidate's row (rows follow edge order, a
+        # pixel meets a row at most once), so ties go to the first edge.  Pass 1 (uncovered
+        # pixels): nearest contour edge.  Pass 2 (covered pixels): nearest outline edge, i.e. one
+        # that won pass 1 somewhere.  Both passes share one buffer: pass 1 leaves only ignorable
+        # keys on covered pixels, pass 2 only on uncovered ones.
         far = _hi(m * m)
         key = _keys(d2, row_id)
-        key_far = key | far
-        key_out = torch.where(cov, key_far, key)
+        key_out = key | (cov * far)
         best = torch.full((P,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=dev)
         best.scatter_reduce_(0, pix, key_out, reduce="amin", include_self=True)
         won = (_take(best, pix) == key_out) & (key_out < far)
         outer_row = torch.zeros(ge.shape[0], dtype=torch.int32, device=dev)
-        outer_row.scatter_reduce_(0, row_id, won.int(), reduce="amax")
+        outer_row.scatter_reduce_(0, row_id, won.to(torch.int32), reduce="amax")
         outer = torch.zeros(B * E, dtype=torch.int32, device=dev)
         outer.scatter_reduce_(0, ge, outer_row, reduce="amax")
-        in_ok = cov & (_take(_take(outer, ge), row_id) > 0)
-        best.scatter_reduce_(0, pix, torch.where(in_ok, key, key_far), reduce="amin", include_self=True)
+        in_ok = cov * _take(_take(outer, ge), row_id).to(torch.int64)  # 1: covered, outline edge
+        best.scatter_reduce_(0, pix, key | ((1 - in_ok) * far), reduce="amin", include_self=True)
         band = torch.nonzero(best < far).squeeze(1)
-        band_edge = _take(ge, _take(best, band) & _LOW)
+        brow = _take(best, band) & _LOW  # the winning row
+        band_edge = _take(ge, brow)  # global edge id b * E + e
         inside = _take(covered, band)
+        # A band pixel's coordinates, from its row (integer-valued, so exact in any float dtype).
+        qy = _take(y, brow).to(uv.dtype)
+        qx = (band - _take(row_base, brow)).to(uv.dtype)
+        band_b = _take(edge_b, band_edge)
+        edge_local = torch.arange(E, device=dev).repeat(B)
 
-    rem = band % (H * W)
-    qy = (rem // W).to(uv.dtype)
-    qx = (rem % W).to(uv.dtype)
     be0, be1 = _take(ev0, band_edge), _take(ev1, band_edge)
     uf = uv[..., 0].reshape(-1)
     vf = uv[..., 1].reshape(-1)
@@ -389,8 +465,9 @@ def _rasterize_contours(
     rx, ry = dx - s * pex, dy - s * pey
     # eps keeps the gradient of sqrt finite when a pixel centre sits on the edge.
     dist = torch.sqrt(rx * rx + ry * ry + 1e-12)
-    signed = torch.where(inside, dist, -dist)
-    return ContourFragments(pix=band, signed_dist=signed, edge=band_edge % E, s=s), inside
+    signed = dist * (inside.to(dist.dtype) * 2.0 - 1.0)  # +dist inside, -dist outside
+    frags = ContourFragments(pix=band, signed_dist=signed, edge=_take(edge_local, band_edge), s=s)
+    return frags, _ContourExtras(inside=inside, ev=[be0, be1], batch=band_b)
 
 
 def rasterize_contours(
