@@ -1,14 +1,22 @@
 """Estimator latency, image in -> poses out, torch eager vs ONNX Runtime (CPU), in one run.
 
-    .venv/bin/python benchmarks/latency.py [--frames 30] [--crop-size 64] [--threads 2]
+    .venv/bin/python benchmarks/latency.py [--frames 30] [--crop-size 64] [--threads 2] [--backbone resnet18]
+    .venv/bin/python benchmarks/latency.py --threads 1 --accuracy-only \
+        --accuracy-model runs/quick_demo/synthetic/model.pt        # backends' accuracy on lm-lite test
 
 Per frame: a 640x480 uint8 RGB image, a distorted camera, 1 / 5 / 13 detections of mixed classes
-(lm-lite registry), the default Φ (ResNet-18 + CIN, untrained weights: latency does not depend on
+(lm-lite registry), Φ (default ResNet-18 + CIN, untrained weights: latency does not depend on
 them) at the default crop size. Both backends run the same Estimator (crop, undistort, PnP shared);
 only the keypoint predictor differs. Reported: wall-clock median and p90 per frame, the time in the
 network, the ORT/torch speed-up, and the process CPU time per frame (less sensitive to other
 processes on a shared machine; ORT's threads do not spin-wait by default here). Frames alternate
-between backends so that load from other processes hits both alike. The ONNX Runtime variants tried are timed too.
+between backends so that load from other processes hits both alike. The ONNX Runtime variants tried
+are timed too, on the network alone, with the fp32 throughput (GFLOP/s) beside a same-run sgemm.
+
+The INT8 graph is calibrated on real crops: the Estimator's crops of lm-lite's unlabeled train
+images (``--calibration-split``), or synthetic renders when that split is not built. With
+``--accuracy-model`` the three backends also run on the same GT boxes of a labelled split, and
+keypoint error, gap to fp32 and ADD(-S) / 2D-projection recall are printed.
 """
 
 from __future__ import annotations
@@ -69,28 +77,159 @@ def frame(n_det: int, registry: ObjectRegistry, rng: np.random.Generator):
     return image, dets
 
 
+def int8_calibration(args, card, registry):
+    """Real crops for the INT8 ranges: the Estimator's crops of ``--calibration-split`` (lm-lite's
+    unlabeled train images and their boxes) when it is there, else synthetic renders of the objects."""
+    from pose6d_ros.runtime.onnx_export import calibration_crops
+
+    split = Path(args.calibration_split)
+    if split.is_dir():
+        crops, index = calibration_crops(split, card, detections=args.calibration_detections,
+                                         max_crops=args.calibration_crops)
+        return crops, index, f"{len(crops)} crops of {split}" + (
+            f" ({Path(args.calibration_detections).name})" if args.calibration_detections else " (GT boxes)")
+    from pose6d_ros.data.synthetic import SyntheticConfig, SyntheticCrops
+
+    b = SyntheticCrops(registry, args.calibration_crops, SyntheticConfig(size=card.crop_size),
+                       seed=1).batch(range(args.calibration_crops))
+    rows = torch.as_tensor([card.object_ids.index(registry.ids[i]) for i in b["obj_index"].tolist()])
+    return b["image"].numpy(), rows.numpy(), f"{args.calibration_crops} synthetic crops ({split} not found)"
+
+
+def macs_per_crop(net: PoseNet) -> int:
+    """Multiply-accumulates of one crop through the convolutions and linear layers (the rest is < 1%)."""
+    total = [0]
+
+    def hook(m, _inp, out):
+        k = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1] if isinstance(m, torch.nn.Conv2d) \
+            else m.in_features
+        total[0] += out.numel() * k
+
+    hooks = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.inference_mode():
+        net(torch.rand(1, 3, net.crop_size, net.crop_size), torch.tensor([0]))
+    for h in hooks:
+        h.remove()
+    return total[0]
+
+
+def sgemm_gflops(n: int = 1024, reps: int = 5) -> float:
+    """Float32 matrix-product throughput of torch on this CPU and thread count: the practical FMA peak
+    the fp32 convolutions of both backends are bounded by."""
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def accuracy(args) -> None:
+    """torch vs ORT fp32 vs ORT int8 on the same detections of a labelled BOP split, one Estimator each.
+
+    Detections are the split's visible GT boxes of each scene's target object (LINEMOD protocol, as
+    ``evaluate``). The INT8 graph is calibrated on real crops (``calibration_crops``) of another split.
+    Reported: keypoint error against the ground-truth projection (image px), the keypoint gap to the
+    fp32 graph, and ADD(-S) at 10% / 2D projection at 5 px recall (``evaluation.score_predictions``).
+    """
+    from pose6d_ros.data.bop import BopDataset
+    from pose6d_ros.data.crops import bop_bbox_to_box
+    from pose6d_ros.evaluation.evaluate import InstancePrediction, score_predictions
+    from pose6d_ros.geometry.keypoints import project_points
+    from pose6d_ros.models import load_model
+    from pose6d_ros.training.build import items_from_split
+
+    split = Path(args.accuracy_split)
+    registry = ObjectRegistry.from_yaml(args.accuracy_registry or split.parent / "objects.yaml")
+    net, card = load_model(args.accuracy_model)
+    tmp = Path(tempfile.mkdtemp(prefix="pose6d_accuracy_"))
+    export_onnx(net, card, tmp / "model.onnx", exporter="dynamo")
+    calib, calib_index, calib_source = int8_calibration(args, card, registry)
+    quantize_onnx(tmp / "model.onnx", tmp / "model.int8.onnx", calib, calib_index, source=calib_source)
+    estimators = {
+        "torch eager": Estimator(TorchPredictor(net, card, "cpu"), registry),
+        "ORT CPU fp32": Estimator(tmp / "model.onnx", registry, backend="onnxruntime", device="cpu",
+                                  intra_op_threads=args.threads),
+        "ORT CPU int8": Estimator(tmp / "model.int8.onnx", registry, backend="onnxruntime", device="cpu",
+                                  intra_op_threads=args.threads),
+    }
+    items = items_from_split(split, list(card.object_ids))
+    if args.accuracy_limit:
+        items = [items[i] for i in np.linspace(0, len(items) - 1, args.accuracy_limit).round().astype(int)]
+    ds = BopDataset(split)
+    kp3 = torch.as_tensor(card.keypoints_array, dtype=torch.float64)
+    row = {oid: i for i, oid in enumerate(card.object_ids)}
+    preds = {k: [] for k in estimators}
+    kps = {k: [] for k in estimators}
+    gt_kps = []
+    for it in items:
+        image = ds.load_rgb(it.scene_id, it.im_id)
+        K = np.asarray(ds.camera(it.scene_id, it.im_id).K, dtype=np.float64)
+        camera = CameraModel(K=K, width=image.shape[1], height=image.shape[0])
+        box = tuple(bop_bbox_to_box(torch.tensor(it.bbox, dtype=torch.float64)).tolist())
+        R_gt, t_gt = torch.as_tensor(it.R)[None], torch.as_tensor(it.t)[None]
+        gt_kps.append(project_points(kp3[row[it.obj_id]][None], R_gt, t_gt, torch.as_tensor(K)[None])[0].numpy())
+        for name, est in estimators.items():
+            (pose,) = est.estimate(image, camera, [(it.obj_id, box, 1.0)])
+            kps[name].append(pose.keypoints if pose.keypoints is not None else np.full((len(kp3[0]), 2), np.nan))
+            preds[name].append(InstancePrediction(
+                scene_id=it.scene_id, im_id=it.im_id, obj_id=it.obj_id,
+                R=pose.R if pose.ok else np.eye(3), t=pose.t if pose.ok else np.zeros(3),
+                R_gt=it.R, t_gt=it.t, K=K, failed=not pose.ok, time=0.0))
+    gt = np.stack(gt_kps)
+    print(f"\n# accuracy: {args.accuracy_model} ({card.backbone}, {card.conditioning}, crop {card.crop_size}, "
+          f"objects {list(card.object_names)}) on {split}, {len(items)} GT boxes; INT8 calibrated on {calib_source}")
+    print(f"{'backend':<13} | kp err median px | kp err p90 px | gap to fp32 median / max px | ADD(-S) % "
+          f"| 2D proj 5px % | PnP failed")
+    ref = np.stack(kps["ORT CPU fp32"])
+    for name in estimators:
+        k = np.stack(kps[name])
+        err = np.linalg.norm(k - gt, axis=-1).mean(axis=1)  # mean over keypoints, per instance
+        gap = np.linalg.norm(k - ref, axis=-1)
+        mean = score_predictions(preds[name], registry).mean()
+        print(f"{name:<13} | {np.nanmedian(err):16.2f} | {np.nanpercentile(err, 90):13.2f} | "
+              f"{np.nanmedian(gap):12.3f} / {np.nanmax(gap):8.3f} | {mean['ADD(-S)']:9.1f} | "
+              f"{mean['2D proj 5px']:13.1f} | {sum(p.failed for p in preds[name])}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=30, help="timed frames per backend and detection count")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--crop-size", type=int, default=DEFAULT_CONFIG["crop_size"])
+    p.add_argument("--backbone", default=DEFAULT_CONFIG["backbone"])
     p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
     p.add_argument("--counts", type=int, nargs="+", default=[1, 5, 13])
+    p.add_argument("--accuracy-model", default=None,
+                   help="trained checkpoint: also compare the backends' accuracy on --accuracy-split")
+    p.add_argument("--accuracy-split", default="data/lm-lite/test")
+    p.add_argument("--accuracy-registry", default=None, help="default: objects.yaml next to the split")
+    p.add_argument("--accuracy-limit", type=int, default=0, help="evaluate this many boxes, spread evenly (0: all)")
+    p.add_argument("--calibration-split", default="data/lm-lite/train", help="INT8 calibration images")
+    p.add_argument("--calibration-detections", default="data/lm-lite/train_detections.json",
+                   help="boxes of the calibration images (BOP detections JSON; empty: the split's GT boxes)")
+    p.add_argument("--calibration-crops", type=int, default=256)
+    p.add_argument("--accuracy-only", action="store_true", help="skip the latency tables")
     args = p.parse_args(argv)
+    args.calibration_detections = args.calibration_detections or None
+    if args.accuracy_only:
+        torch.set_num_threads(args.threads)
+        accuracy(args)
+        return 0
 
     torch.set_num_threads(args.threads)
     registry = ObjectRegistry.from_yaml(ROOT / "config" / "objects_lm_lite.yaml")
     camera = CameraModel(K=np.array([[572.4, 0, 325.3], [0, 573.6, 242.0], [0, 0, 1]]), width=640, height=480,
                          distortion_model="plumb_bob", D=np.array([-0.1, 0.02, 0.0005, -0.0005, 0.0]))
     torch.manual_seed(0)
-    net = PoseNet.from_config({"num_objects": len(registry), "crop_size": args.crop_size}).eval()
+    net = PoseNet.from_config({"num_objects": len(registry), "crop_size": args.crop_size,
+                               "backbone": args.backbone}).eval()
     card = ModelCard.for_model(net, registry)
     tmp = Path(tempfile.mkdtemp(prefix="pose6d_latency_"))
     save_model(tmp / "model.pt", net, card)
     export_onnx(net, card, tmp / "model.onnx", exporter="dynamo")
-    # INT8 ranges from random crops: fine for timing, not for accuracy (use real crops for a deployment).
-    calib = np.random.default_rng(1).random((32, 3, card.crop_size, card.crop_size), dtype=np.float32)
-    quantize_onnx(tmp / "model.onnx", tmp / "model.int8.onnx", calib)
+    calib, calib_index, calib_source = int8_calibration(args, card, registry)
+    quantize_onnx(tmp / "model.onnx", tmp / "model.int8.onnx", calib, calib_index, source=calib_source)
 
     backends = {
         "torch eager": Estimator(TimedPredictor(TorchPredictor(net, card, "cpu")), registry),
@@ -101,6 +240,7 @@ def main(argv=None) -> int:
     }
     print(f"# {len(registry)} objects, backbone {card.backbone}, crop {card.crop_size}, threads {args.threads}, "
           f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}")
+    print(f"# INT8 calibrated on {calib_source}")
     print(f"# load average at start: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs)")
     print(f"{'detections':>10} | {'backend':<13} | {'median ms':>9} | {'p90 ms':>7} | {'network ms':>10} "
           f"| speed-up | CPU ms | CPU speed-up")
@@ -139,6 +279,10 @@ def main(argv=None) -> int:
     sessions = {k: _ort_variant(tmp / "model.onnx", **v) for k, v in variants.items()}
     sessions[f"ORT int8, {args.threads} thr"] = _ort_variant(tmp / "model.int8.onnx", args.threads)
     torch_pred = TorchPredictor(net, card, "cpu")
+    macs = macs_per_crop(net)
+    peak = sgemm_gflops()
+    print(f"# {macs / 1e9:.3f} GMAC per crop; torch sgemm on {args.threads} thread(s): {peak:.0f} GFLOP/s; "
+          f"fp32 GFLOP/s of torch / first ORT variant in brackets")
     print(f"{'batch':>5} | {'torch ms':>8} | " + " | ".join(f"{k:>26}" for k in sessions))
     for n in args.counts:
         crops = torch.rand(n, 3, card.crop_size, card.crop_size)
@@ -159,7 +303,11 @@ def main(argv=None) -> int:
         for k in sessions:
             mo = statistics.median(t_ort[k][args.warmup:]) * 1e3
             cells.append(f"{mo:8.1f} ms ({mt / mo:4.2f}x)".rjust(26))
-        print(f"{n:>5} | {mt:8.1f} | " + " | ".join(cells))
+        first = statistics.median(t_ort[next(iter(sessions))][args.warmup:]) * 1e3
+        flops = [2 * macs * n / (ms * 1e-3) / 1e9 for ms in (mt, first)]
+        print(f"{n:>5} | {mt:8.1f} | " + " | ".join(cells) + f" | [{flops[0]:.0f} / {flops[1]:.0f} GFLOP/s]")
+    if args.accuracy_model:
+        accuracy(args)
     print(f"# load average at end: {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -223,39 +223,12 @@ class Estimator:
                 self._class_cache[key] = (int(obj.id), str(obj.name), index)
         return self._class_cache[key]
 
-    def _image_region(self, image, camera: CameraModel, windows: np.ndarray) -> Tuple[torch.Tensor, np.ndarray]:
-        """The part of the image the crop ``windows`` ``(B, 4)`` can read, as ``(1, 3, h, w)`` float in
-        [0, 255] on the predictor's device, and its pixel offset ``(ox, oy)`` in the image.
-
-        Only that region is converted to float: for a few detections it is a small part of the
-        frame. Scaling to [0, 1] is left to the (much smaller) crops, since resampling is linear.
-        """
-        image = _checked_image(image, camera)
-        hwc = image.dtype == torch.uint8
-        # Bilinear taps reach at most one pixel past a window; one more for rounding.
-        x0 = int(np.clip(np.floor(windows[:, 0].min()) - 2, 0, camera.width))
-        y0 = int(np.clip(np.floor(windows[:, 1].min()) - 2, 0, camera.height))
-        x1 = int(np.clip(np.ceil(windows[:, 2].max()) + 3, x0, camera.width))
-        y1 = int(np.clip(np.ceil(windows[:, 3].max()) + 3, y0, camera.height))
-        device = self.predictor.device
-        if hwc:
-            region = image[y0:y1, x0:x1].to(device).permute(2, 0, 1).unsqueeze(0).float()
-        else:
-            region = image[:, y0:y1, x0:x1].to(device, torch.float32).unsqueeze(0) * 255.0
-        return region, np.array([x0, y0, x0, y0], dtype=np.float64)
-
     def _run(self, image, camera: CameraModel, boxes: np.ndarray, obj_index: np.ndarray, det_index: np.ndarray):
         """Crop, predict, lift and solve the kept detections (all batched)."""
         S = self.card.crop_size
         device = self.predictor.device
-        windows = square_windows(torch.as_tensor(boxes), self.card.crop_padding)  # (B, 4) float64
-        region, offset = self._image_region(image, camera, windows.numpy())
-        local = (windows - torch.as_tensor(offset)).to(device, torch.float32)
-        crops = CropBatch(
-            images=crop_images(region, local, S).mul_(1.0 / 255.0),
-            K=crop_intrinsics(camera.K_tensor(torch.float64).expand(len(boxes), 3, 3), windows, S),
-            windows=windows,
-        )
+        crops = detection_crops(image, camera, boxes, S, self.card.crop_padding, device)
+        windows = crops.windows
         index = torch.as_tensor(obj_index, device=device)
         normalised = self.predictor.predict(crops, index, torch.as_tensor(det_index))
         # Geometry in float64 on the CPU: a handful of small problems, precision matters more.
@@ -272,6 +245,58 @@ class Estimator:
         fail[failed.numpy()] = "pnp_failed"
         fail[~finite_kp.numpy()] = "non_finite_keypoints"
         return (pnp.R.numpy(), pnp.t.numpy(), uv_img.numpy(), pnp.reprojection_error.numpy(), fail)
+
+
+def detection_crops(image: Union[np.ndarray, torch.Tensor], camera: CameraModel, boxes: np.ndarray,
+                    crop_size: int, padding: float, device: Union[str, torch.device] = "cpu") -> CropBatch:
+    """The crops the :class:`Estimator` feeds its predictor for the boxes ``(B, 4)`` of one image.
+
+    Square windows (``data.crops.square_windows`` with the model card's ``padding``) resampled to
+    ``crop_size`` by one ``grid_sample``. Public so that INT8 calibration
+    (``runtime.onnx_export.calibration_crops``) sees exactly the crops inference does.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB or ``(3, H, W)`` float in ``[0, 1]``, matching ``camera``.
+        camera: the image's camera (only its size and K are used: crops are cut from the image as seen).
+        boxes: ``(B, 4)`` finite, non-empty ``(x0, y0, x1, y1)`` boxes.
+        crop_size: S.
+        padding: window side over the box's longer side.
+        device: where the crop images are made.
+
+    Returns:
+        ``CropBatch`` with ``images (B, 3, S, S)`` float32 in ``[0, 1]`` on ``device``, ``K (B, 3, 3)``
+        float64 crop intrinsics and ``windows (B, 4)`` float64.
+    """
+    image = _checked_image(image, camera)
+    windows = square_windows(torch.as_tensor(np.asarray(boxes, dtype=np.float64)), padding)  # (B, 4)
+    region, offset = _image_region(image, camera, windows.numpy(), torch.device(device))
+    local = (windows - torch.as_tensor(offset)).to(device, torch.float32)
+    return CropBatch(
+        images=crop_images(region, local, crop_size).mul_(1.0 / 255.0),
+        K=crop_intrinsics(camera.K_tensor(torch.float64).expand(len(windows), 3, 3), windows, crop_size),
+        windows=windows,
+    )
+
+
+def _image_region(image: torch.Tensor, camera: CameraModel, windows: np.ndarray,
+                  device: torch.device) -> Tuple[torch.Tensor, np.ndarray]:
+    """The part of the image the crop ``windows`` ``(B, 4)`` can read, as ``(1, 3, h, w)`` float in
+    [0, 255] on ``device``, and its pixel offset ``(ox, oy, ox, oy)`` in the image.
+
+    Only that region is converted to float: for a few detections it is a small part of the
+    frame. Scaling to [0, 1] is left to the (much smaller) crops, since resampling is linear.
+    """
+    hwc = image.dtype == torch.uint8
+    # Bilinear taps reach at most one pixel past a window; one more for rounding.
+    x0 = int(np.clip(np.floor(windows[:, 0].min()) - 2, 0, camera.width))
+    y0 = int(np.clip(np.floor(windows[:, 1].min()) - 2, 0, camera.height))
+    x1 = int(np.clip(np.ceil(windows[:, 2].max()) + 3, x0, camera.width))
+    y1 = int(np.clip(np.ceil(windows[:, 3].max()) + 3, y0, camera.height))
+    if hwc:
+        region = image[y0:y1, x0:x1].to(device).permute(2, 0, 1).unsqueeze(0).float()
+    else:
+        region = image[:, y0:y1, x0:x1].to(device, torch.float32).unsqueeze(0) * 255.0
+    return region, np.array([x0, y0, x0, y0], dtype=np.float64)
 
 
 def _checked_image(image, camera: CameraModel) -> torch.Tensor:

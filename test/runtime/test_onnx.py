@@ -154,3 +154,38 @@ def test_int8_quantisation_keeps_card_and_stays_close(exported):
     np.testing.assert_allclose(out, alone, atol=1e-6)
     with pytest.raises(ValueError, match="calibration_crops"):
         quantize_onnx(d / "model.onnx", d / "x.onnx", calib[:, :, :32])
+    with pytest.raises(ValueError, match="method must be one of"):
+        quantize_onnx(d / "model.onnx", d / "x.onnx", calib, method="kl")
+
+
+def test_calibration_crops_are_the_estimator_crops_of_a_split(tmp_path, card):
+    """``calibration_crops`` cuts what the Estimator would, checked against an OpenCV warp of the image."""
+    from pose6d_ros.data.bop import CameraRecord, DetectionRecord, save_detections, save_rgb, save_scene_camera
+    from pose6d_ros.data.crops import crop_image_cv2
+    from pose6d_ros.runtime.onnx_export import calibration_crops
+
+    split = tmp_path / "train"
+    rng = np.random.default_rng(3)
+    K = np.array([[572.4, 0.0, 325.3], [0.0, 573.6, 242.0], [0.0, 0.0, 1.0]])
+    images = {i: rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for i in (0, 1)}
+    for i, img in images.items():
+        save_rgb(split, 1, i, img)
+    save_scene_camera(split / "000001" / "scene_camera.json", {i: CameraRecord(K=K) for i in images})
+    dets = [DetectionRecord(1, 0, 7, 1.0, (100.0, 120.0, 60.0, 40.0)),   # cat -> card row 2
+            DetectionRecord(1, 1, 1, 1.0, (600.0, 10.0, 39.0, 50.0)),    # duck -> row 0, window past the edge
+            DetectionRecord(1, 1, 9, 1.0, (300.0, 300.0, 30.0, 30.0))]   # glue: not in the model, dropped
+    save_detections(tmp_path / "dets.json", dets)
+    crops, index = calibration_crops(split, card, detections=tmp_path / "dets.json")
+    assert crops.shape == (2, 3, 64, 64) and crops.dtype == np.float32
+    assert index.tolist() == [2, 0]
+    for crop, d in zip(crops, dets[:2]):
+        x, y, w, h = d.bbox
+        box = np.array([x - 0.5, y - 0.5, x + w + 0.5, y + h + 0.5])  # BOP boxes span pixel centres
+        c, half = (box[:2] + box[2:]) / 2, card.crop_padding * max(box[2] - box[0], box[3] - box[1]) / 2
+        ref = crop_image_cv2(images[d.im_id].astype(np.float32) / 255.0,
+                             np.concatenate([c - half, c + half]), card.crop_size)
+        np.testing.assert_allclose(crop.transpose(1, 2, 0), ref, atol=2e-4)
+    assert len(calibration_crops(split, card, detections=tmp_path / "dets.json", max_crops=1)[0]) == 1
+    save_detections(tmp_path / "none.json", dets[2:])
+    with pytest.raises(ValueError, match="no boxes of objects"):
+        calibration_crops(split, card, detections=tmp_path / "none.json")
