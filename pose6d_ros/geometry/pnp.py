@@ -12,9 +12,10 @@ Conventions: ``x_cam = R @ x_model + t``; pixels in the OpenCV convention (``doc
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -111,257 +112,316 @@ def solve_pnp(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Optional
 
 # ----------------------------------------------------------------------------------------------
 # Forward solver (no autograd)
+#
+# Layout: per-point quantities are (B, k, N) "component-major" slabs, so that the per-problem
+# sums over points are batched matrix products and no op gathers or interleaves tiny last
+# dimensions (cat/stack on a size-3 last dimension costs ~15x an elementwise op at B=1024). At
+# small B the cost is the op count (~2 µs each): the LM iteration below is ~60 ops.
+
+# vec([w]x) = _SKEW @ w (row-major vec).
+_SKEW = ((0, 0, 0), (0, 0, -1), (0, 1, 0), (0, 0, 1), (0, 0, 0), (-1, 0, 0), (0, -1, 0), (1, 0, 0), (0, 0, 0))
 
 
-def _skew(w: Tensor) -> Tensor:
-    """``(B, 3)`` -> ``(B, 3, 3)`` cross-product matrix."""
-    z = torch.zeros_like(w[:, 0])
-    wx, wy, wz = w.unbind(-1)
-    return torch.stack((z, -wz, wy, wz, z, -wx, -wy, wx, z), -1).view(-1, 3, 3)
+@dataclass(frozen=True)
+class _Constants:
+    dummy_3d: Tensor  # (N, 3) well-spread, non-coplanar points replacing an invalid problem's
+    dummy_2d: Tensor  # (N, 2) their exact projection at R = I, t = (0, 0, 1), K = I
+    eye2: Tensor
+    eye3: Tensor
+    eye2_blocks: Tensor  # (1, 2, 1, 2, 1): spreads [X, 1] onto the u rows then the v rows
+    skew: Tensor  # (3, 9): vec([ω]x) = sol[:3] @ skew (ω = -sol[:3] with ω_x negated)
+    step_sign: Tensor  # (3,): translation step from the solution (t_z negated, and -step)
+    lm_down: Tensor
+    lm_up: Tensor
+    one: Tensor
+    t_failed: Tensor
 
 
-def _so3_exp(w: Tensor) -> Tensor:
-    """Rodrigues' formula, ``(B, 3)`` -> ``(B, 3, 3)``, with Taylor terms near zero."""
-    th2 = (w * w).sum(-1, keepdim=True).unsqueeze(-1)
-    small = th2 < 1e-8
-    th2s = torch.where(small, torch.ones_like(th2), th2)
-    th = th2s.sqrt()
-    a = torch.where(small, 1 - th2 / 6, th.sin() / th)
-    b = torch.where(small, 0.5 - th2 / 24, (1 - th.cos()) / th2s)
-    S = _skew(w)
-    eye = torch.eye(3, dtype=w.dtype, device=w.device)
-    return eye + a * S + b * (S @ S)
+@functools.lru_cache(maxsize=64)
+def _constants(N: int, dtype: torch.dtype, device: torch.device) -> _Constants:
+    # Never inference tensors, even when the first call comes from inference mode: the cached
+    # tensors are reused by later autograd calls.
+    with torch.inference_mode(False), torch.no_grad():
+        kw = dict(dtype=dtype, device=device)
+        i = torch.arange(N, **kw)
+        ang = i * 2.399963  # golden angle: no two points coincide for any N
+        d3 = 0.1 * torch.stack((ang.cos(), ang.sin(), (i % 3 - 1) * 0.5), -1)
+        d2 = d3[:, :2] / (d3[:, 2:] + 1)
+        eye2 = torch.eye(2, **kw)
+        return _Constants(
+            dummy_3d=d3, dummy_2d=d2, eye2=eye2, eye3=torch.eye(3, **kw), eye2_blocks=eye2.view(1, 2, 1, 2, 1),
+            skew=(torch.tensor(_SKEW, **kw) * torch.tensor([1.0, -1.0, -1.0], **kw)).T.contiguous(),
+            step_sign=torch.tensor([-1.0, -1.0, 1.0], **kw), lm_down=torch.tensor(0.1, **kw),
+            lm_up=torch.tensor(10.0, **kw),
+            one=torch.ones((), **kw), t_failed=torch.tensor([0.0, 0.0, 1.0], **kw))
 
 
-def _flatness(centred: Tensor, w: Tensor) -> Tensor:
-    """Smallest / mean eigenvalue proxy ``det(C) / (tr(C)/d)^d`` of a weighted covariance."""
-    C = (centred * w[..., None]).transpose(1, 2) @ centred
-    d = C.shape[-1]
-    tr = C.diagonal(dim1=-2, dim2=-1).sum(-1) / d
-    return torch.linalg.det(C) / tr.clamp_min(torch.finfo(C.dtype).tiny) ** d
+def _flat3(C: Tensor) -> Tensor:
+    """``det(C) / (tr(C)/3)^3`` for a ``(B, 3, 3)`` covariance of trace 1."""
+    return 27 * torch.linalg.vecdot(C[:, 0], torch.linalg.cross(C[:, 1], C[:, 2]))
 
 
-def _orthonormalise(M: Tensor) -> Tensor:
-    """Rotation close to ``M``'s rows: symmetric orthonormalisation of rows 1-2, row 3 = r1 x r2.
-
-    Not the polar factor, but within a few degrees of it for a DLT estimate, which is all the
-    LM refinement needs; it avoids a batched SVD (the most expensive step otherwise).
-    """
-    a = torch.nn.functional.normalize(M[:, 0], dim=-1)
-    b = torch.nn.functional.normalize(M[:, 1], dim=-1)
-    c = torch.nn.functional.normalize(a + b, dim=-1)
-    d = torch.nn.functional.normalize(a - b, dim=-1)
-    r1 = (c + d) * math.sqrt(0.5)
-    r2 = (c - d) * math.sqrt(0.5)
-    return torch.stack((r1, r2, torch.linalg.cross(r1, r2)), 1)
-
-
-def _dlt(xn: Tensor, X: Tensor, w: Tensor, fxy: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _dlt(xn: Tensor, Xs: Tensor, Xh: Tensor, wn: Tensor, m2: Tensor, f2: Tensor,
+         k: _Constants) -> Tuple[Tensor, Tensor, Tensor]:
     """Weighted DLT with ``t_z = 1`` normalisation, in a virtual camera facing the points.
 
-    ``X`` is centred, so ``t_z`` is the depth of the model centre, > 0 for an object in front of
-    the camera. The camera is first rotated (``R_v``) so that the mean viewing ray is its
+    ``Xs`` is centred, so ``t_z`` is the depth of the model centre, > 0 for an object in front of
+    the camera. The camera is first rotated (``R_v``) so that the mean viewing ray ``m2`` is its
     optical axis: the image points are then centred (Hartley's normalisation, done by a rotation
     so that the DLT form is kept), which stops the poorly observed perspective row ``m3`` from
-    leaking into ``m1, m2`` for small, far objects. ``r3 = r1 x r2``.
+    leaking into ``m1, m2`` for small, far objects. ``R`` is the symmetric orthonormalisation of
+    ``m1, m2`` (not the polar factor, but within a few degrees of it, which is all LM needs, and
+    no batched SVD), ``r3 = r1 x r2``.
 
-    Returns ``R (B,3,3)``, ``t (B,3)``, ``reversed (B,)`` (``m3`` opposite to ``m1 x m2``: the
+    Args: ``xn (B,2,N)`` normalised image points, ``Xs (B,3,N)`` centred unit-RMS model points,
+    ``Xh (B,4,N)`` = ``[Xs; 1]``, ``wn (B,1,N)`` weights summing to 1, ``m2 (B,2,1)`` weighted
+    mean of ``xn``, ``f2 (B,2,1)`` squared focal lengths.
+
+    Returns ``T (B,3,4) = [R | t]``, ``reversed (B,)`` (``m3`` opposite to ``m1 x m2``: the
     projective fit sees the points from behind) and ``sq_err (B,)``, the projective camera's
-    squared reprojection error in pixels (summed over weighted points), the unconstrained
+    weighted squared reprojection error in pixels (normalised weights), the unconstrained
     reference the constrained optimum is tested against.
     """
-    B, N = X.shape[:2]
-    wn = w / w.sum(1, keepdim=True)
-    ray = torch.cat(((wn[..., None] * xn).sum(1), torch.ones_like(wn[:, :1])), -1)
-    a = torch.nn.functional.normalize(ray, dim=-1)
-    # Rotation taking a to e_z: I + [v]x + [v]x^2 / (1 + c), v = a x e_z, c = a_z > 0.
-    v = torch.stack((a[:, 1], -a[:, 0], torch.zeros_like(a[:, 0])), -1)
-    S = _skew(v)
-    Rv = torch.eye(3, dtype=X.dtype, device=X.device) + S + (S @ S) / (1 + a[:, 2:3, None])
-    bear = torch.cat((xn, torch.ones_like(xn[..., :1])), -1) @ Rv.transpose(1, 2)
-    xv = bear[..., :2] / bear[..., 2:3]
-    x, y = xv[..., 0:1], xv[..., 1:2]
-    one = torch.ones_like(x)
-    zero4 = torch.zeros_like(X[..., :1]).expand(B, N, 4)
-    Xh = torch.cat((X, one), -1)
-    row_u = torch.cat((Xh, zero4, -x * X), -1)
-    row_v = torch.cat((zero4, Xh, -y * X), -1)
-    A = torch.stack((row_u, row_v), 2).view(B, 2 * N, 11)
-    rhs = xv.reshape(B, 2 * N, 1)
-    Aw = A * w.repeat_interleave(2, dim=1)[..., None]
-    AtA = Aw.transpose(1, 2) @ A
-    Atb = Aw.transpose(1, 2) @ rhs
-    p, _ = torch.linalg.solve_ex(AtA, Atb)
-    p = p[..., 0]
-    M = torch.stack((p[:, 0:3], p[:, 4:7], p[:, 8:11]), 1)
-    scale = M[:, :2].norm(dim=-1).mean(-1, keepdim=True)
-    t = torch.stack((p[:, 3], p[:, 7], torch.ones_like(p[:, 0])), -1) / scale
-    R = _orthonormalise(M)
-    reversed_ = (M[:, 2] * R[:, 2]).sum(-1) < 0
-    Rvt = Rv.transpose(1, 2)
-    P = torch.cat((M, torch.stack((p[:, 3], p[:, 7], torch.ones_like(p[:, 0])), -1)[..., None]), 2)
-    proj = Xh @ (Rvt @ P).transpose(1, 2)
-    d = (proj[..., :2] / proj[..., 2:3] - xn) * fxy[:, None]
-    sq_err = (w * (d * d).sum(-1)).sum(-1)
-    return Rvt @ R, (Rvt @ t[..., None])[..., 0], reversed_, sq_err
+    B, N = xn.shape[0], xn.shape[2]
+    ray = torch.cat((m2[..., 0], k.one.expand(B, 1)), 1)
+    a = ray / ray.norm(dim=1, keepdim=True)
+    axy = a[:, :2, None]
+    # Rotation taking a to e_z: I + [v]x + [v]x^2 / (1 + a_z), v = a x e_z, written out.
+    top = k.eye2 - (axy * axy.mT) / (1 + a[:, 2, None, None])
+    Rv = torch.cat((torch.cat((top, -axy), 2), a[:, None]), 1)
+    bear = torch.baddbmm(Rv[:, :, 2:], Rv[:, :, :2], xn)
+    xv = bear[:, :2] / bear[:, 2:]
+    # Rows (u, v) x points of [A | b] for p = (m1, p4, m2, p8, m3), transposed: (B, 12, 2, N).
+    XhE = (Xh[:, None, :, None, :] * k.eye2_blocks).view(B, 8, 2, N)
+    A = torch.cat((XhE, (xv[:, None] * Xs[:, :, None]).neg_(), xv[:, None]), 1)
+    G = torch.bmm((A * wn[:, :, None]).view(B, 12, 2 * N), A.view(B, 12, 2 * N).mT)
+    p, _ = torch.linalg.solve_ex(G[:, :11, :11], G[:, :11, 11:])
+    P = torch.cat((p[..., 0], k.one.expand(B, 1)), 1).view(B, 3, 4)
+    nab = P[:, :2, :3].norm(dim=2, keepdim=True)
+    ab = P[:, :2, :3] / nab
+    cd = torch.stack((ab[:, 0] + ab[:, 1], ab[:, 0] - ab[:, 1]), 1)
+    cd = cd * (math.sqrt(0.5) / cd.norm(dim=2, keepdim=True))
+    r1, r2 = cd[:, 0] + cd[:, 1], cd[:, 0] - cd[:, 1]
+    r3 = torch.linalg.cross(r1, r2)
+    reversed_ = torch.linalg.vecdot(P[:, 2, :3], r3) < 0
+    T = torch.bmm(Rv.mT, torch.cat((torch.stack((r1, r2, r3), 1), P[:, :, 3:] / nab.mean(1, keepdim=True)), 2))
+    proj = torch.bmm(Rv.mT, torch.bmm(P, Xh))
+    d = proj[:, :2] / proj[:, 2:] - xn
+    sq_err = ((d * d * f2).sum(1) * wn[:, 0]).sum(1)
+    return T, reversed_, sq_err
 
 
-def _irls(X: Tensor, R: Tensor, t: Tensor, xn: Tensor, fxy: Tensor, w: Tensor,
-          delta: Optional[float]) -> Tuple[Tensor, Tensor, Tensor]:
-    """Robust cost, Gauss–Newton Hessian and gradient at ``(R, t)`` for a left SE(3) update.
+class _Data(NamedTuple):
+    """Per-solve tensors shared by every linearisation (see :func:`_solve`)."""
+
+    Xh: Tensor  # (B, 4, N) [Xs; 1], centred unit-RMS model points
+    xn: Tensor  # (B, 2, N) normalised image points
+    f2: Tensor  # (B, 2, 1) squared focal lengths
+    w: Tensor  # (B, N) weights
+    wf2: Tensor  # (B, 1, 2N) weights of the (u, v) rows: w f²
+    zero: Tensor  # (B, N) zeros
+    one: Tensor  # () one
+    delta: Optional[float]  # Huber threshold, pixels
+
+
+def _linearise(T: Tensor, d: _Data) -> Tuple[Tensor, Tensor, Tensor]:
+    """Robust cost, Gauss–Newton Hessian and gradient at ``T = [R | t]`` for a left SE(3) update.
 
     Residuals ``r = diag(fx, fy) (π(X_c) − x_n)`` are exactly pixel errors for a zero-skew K.
     For a point in Huber's linear zone (``s = ‖r‖ > δ``) the 2x2 curvature of ``ρ(‖r‖)`` is
     ``(δ/s)(I − r̂ r̂ᵀ)``, not IRLS's ``(δ/s) I``; using it keeps Newton-like convergence where
-    IRLS would crawl. Returns ``cost (B,)``, ``H (B,6,6)``, ``g (B,6)``.
+    IRLS would crawl. That work is skipped when no point of the batch is in the linear zone.
+
+    One product gives everything: with the per-point rows ``[J̃ | r̃]`` in normalised units
+    and weights ``a f²``, ``[J̃ r̃]ᵀ W [J̃ r̃] = [[H, g], [gᵀ, Σ a s²]]``. In the solver's
+    parameters (``ω, t`` with ``ω_x`` and ``t_z`` negated, which saves three negations) the
+    Jacobian rows are ``J̃_u = (xy, 1+x², −y, 1/z, 0, x/z)``, ``J̃_v = (1+y², xy, x, 0, 1/z, y/z)``.
+
+    Returns ``M (B,7,7)`` (``H = M[:, :6, :6]``, ``g = M[:, :6, 6]``), ``2 × cost (B,)`` and
+    ``‖g‖² (B,)``.
     """
-    Xc = X @ R.transpose(1, 2) + t[:, None]
-    iz = 1.0 / Xc[..., 2]
-    x = Xc[..., 0] * iz
-    y = Xc[..., 1] * iz
-    fx, fy = fxy[:, 0:1], fxy[:, 1:2]
-    ru = fx * (x - xn[..., 0])
-    rv = fy * (y - xn[..., 1])
-    s2 = ru * ru + rv * rv
-    xy = x * y
-    zero = torch.zeros_like(x)
-    Ju = torch.stack((-xy, 1 + x * x, -y, iz, zero, -x * iz), -1) * fx[..., None]
-    Jv = torch.stack((-1 - y * y, xy, x, zero, iz, -y * iz), -1) * fy[..., None]
-    J = torch.cat((Ju, Jv), 1)  # (B, 2N, 6)
-    r = torch.cat((ru, rv), 1)[..., None]
-    if delta is None:
-        a = w
-        cost = 0.5 * (w * s2).sum(-1)
+    B, N = d.w.shape
+    Pc = torch.bmm(T, d.Xh)
+    iz = Pc[:, 2:].reciprocal()
+    p = Pc[:, :2] * iz
+    rt = p - d.xn
+    rf2 = rt * d.f2
+    s2 = (rt * rf2).sum(1)
+    x, y = p[:, 0], p[:, 1]
+    pp1 = torch.addcmul(d.one, p, p)
+    piz = p * iz
+    xy, izs = x * y, iz[:, 0]
+    JT = torch.stack((xy, pp1[:, 1], pp1[:, 0], xy, y.neg(), x, izs, d.zero, d.zero, izs, piz[:, 0], piz[:, 1],
+                      rt[:, 0], rt[:, 1]), 1).view(B, 7, 2 * N)
+    delta = d.delta
+    if delta is None or not bool((s2 > delta * delta).any()):
+        M = torch.bmm(JT * d.wf2, JT.mT)
+        cost2 = M[:, 6, 6]
     else:
         s = s2.clamp_min(delta * delta).sqrt()
-        inlier = s2 <= delta * delta
-        a = torch.where(inlier, w, w * (delta / s))
-        cost = (w * torch.where(inlier, 0.5 * s2, delta * (s - 0.5 * delta))).sum(-1)
-    Ja = (J * torch.cat((a, a), 1)[..., None]).transpose(1, 2)
-    H = Ja @ J
-    g = (Ja @ r)[..., 0]
-    if delta is not None:
-        q = Ju * ru[..., None] + Jv * rv[..., None]  # (B, N, 6) = J_iᵀ r_i
-        b = torch.where(inlier, torch.zeros_like(s), a / (s * s))
-        H = H - (q * b[..., None]).transpose(1, 2) @ q
-    return cost, H, g
+        a = d.w * delta / s
+        M = torch.bmm(JT * (a[:, None] * d.f2).reshape(B, 1, 2 * N), JT.mT)
+        q = (JT[:, :6].view(B, 6, 2, N) * rf2[:, None]).sum(2)
+        bq = q * torch.where(s2 > delta * delta, a / s2, d.zero)[:, None]
+        M[:, :6, :6].sub_(torch.bmm(bq, q.mT))
+        # 2 Σ w ρ = Σ a s² + Σ w δ (s − δ): the two differ only in the linear zone.
+        cost2 = M[:, 6, 6] + (d.w * (s - delta)).sum(1) * delta
+    g = M[:, :6, 6]
+    return M, cost2, (g * g).sum(1)
 
 
 def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Tensor, iterations: int,
            huber_delta: Optional[float], tol: float):
     B, N = points_2d.shape[:2]
     dtype, device = points_2d.dtype, points_2d.device
-    finite = (torch.isfinite(points_2d).flatten(1).all(1) & torch.isfinite(points_3d).flatten(1).all(1)
-              & torch.isfinite(K).flatten(1).all(1) & torch.isfinite(weights).all(1)
-              & (K[:, 0, 0] > 0) & (K[:, 1, 1] > 0) & ((weights > 0).sum(1) >= 6)
-              & (weights >= 0).all(1))
-    # Work on sanitised copies so a bad problem cannot put NaN/inf into shared batched kernels.
-    fb = ~finite
-    K = torch.where(fb[:, None, None], torch.eye(3, dtype=dtype, device=device), K)
-    w = torch.where(fb[:, None], torch.ones_like(weights), weights)
-    X3 = torch.where(fb[:, None, None], _dummy_points(N, dtype, device), points_3d)
-    x2 = torch.where(fb[:, None, None], torch.zeros_like(points_2d), points_2d)
+    k = _constants(N, dtype, device)
+    # A NaN or inf anywhere in a problem's inputs reaches its sum.
+    total = points_2d.sum((1, 2)) + points_3d.sum((1, 2)) + K.sum((1, 2)) + weights.sum(1)
+    valid = (torch.isfinite(total) & (K.diagonal(dim1=1, dim2=2)[:, :2].amin(1) > 0)
+             & (weights.amin(1) >= 0) & ((weights > 0).sum(1) >= 6))
+    # Sanitised copies, so that a bad problem cannot put NaN/inf into shared batched kernels:
+    # an exactly solvable dummy problem, which also converges at once.
+    bad = ~valid
+    b3 = bad[:, None, None]
+    x2 = torch.where(b3, k.dummy_2d, points_2d)
+    X3 = torch.where(b3, k.dummy_3d, points_3d)
+    K = torch.where(b3, k.eye3, K)
+    w = torch.where(bad[:, None], 1.0, weights)
 
-    fx, fy, cx, cy = K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2]
-    xn = torch.stack(((x2[..., 0] - cx[:, None]) / fx[:, None], (x2[..., 1] - cy[:, None]) / fy[:, None]), -1)
-    fxy = torch.stack((fx, fy), -1)
+    f = K.diagonal(dim1=1, dim2=2)[:, :2, None]
+    f2 = f * f
+    xn = ((x2.transpose(1, 2) - K[:, :2, 2:]) / f).contiguous()
+    wn = (w / w.sum(1, keepdim=True))[:, None]
+    XT = X3.transpose(1, 2)
+    cen = (XT * wn).sum(2, keepdim=True)
+    Xc = XT - cen
+    scale = (Xc * Xc * wn).sum((1, 2)).sqrt().clamp_min(torch.finfo(dtype).tiny)[:, None, None]
+    Xs = Xc / scale
+    Xh = torch.cat((Xs, k.one.expand(B, 1, N)), 1)
+    flat3 = _flat3(torch.bmm(Xs * wn, Xs.mT)) < _DEGENERATE_RATIO
+    m2 = (xn * wn).sum(2, keepdim=True)
+    d = xn - m2
+    C2 = torch.bmm(d * wn, d.mT)
+    tr2 = C2[:, 0, 0] + C2[:, 1, 1]
+    flat2 = 4 * (C2[:, 0, 0] * C2[:, 1, 1] - C2[:, 0, 1].square()) < _DEGENERATE_RATIO * tr2.square()
 
-    wsum = w.sum(1, keepdim=True)
-    c = (w[..., None] * X3).sum(1, keepdim=True) / wsum[..., None]
-    Xc = X3 - c
-    scale = ((w * (Xc * Xc).sum(-1)).sum(1, keepdim=True) / wsum).sqrt().clamp_min(torch.finfo(dtype).tiny)
-    Xs = Xc / scale[..., None]
-    m2 = (w[..., None] * xn).sum(1, keepdim=True) / wsum[..., None]
-    flat3 = _flatness(Xs, w) < _DEGENERATE_RATIO
-    flat2 = _flatness(xn - m2, w) < _DEGENERATE_RATIO
+    T, reversed_, dlt_sq = _dlt(xn, Xs, Xh, wn, m2, f2, k)
 
-    R, t, reversed_, dlt_sq = _dlt(xn, Xs, w, fxy)
-
-    # Levenberg–Marquardt, fully batched: a rejected step restores the best state and raises
+    # Levenberg–Marquardt, fully batched: a rejected step keeps the previous state and raises
     # the damping; no per-problem control flow.
-    cost, H, g = _irls(Xs, R, t, xn, fxy, w, huber_delta)
+    data = _Data(Xh, xn, f2, w, (w[:, None] * f2).reshape(B, 1, 2 * N), torch.zeros_like(w), k.one, huber_delta)
+    M, cost, g2 = _linearise(T, data)
     lam = torch.full((B, 1), 1e-3, dtype=dtype, device=device)
-    eye6 = torch.eye(6, dtype=dtype, device=device)
-    slack = 1000 * N * torch.finfo(dtype).eps
+    one_plus_slack = 1 + 1000 * N * torch.finfo(dtype).eps
     iters = 0
     for iters in range(1, iterations + 1):
-        Hd = H + lam[..., None] * (eye6 * H.diagonal(dim1=-2, dim2=-1)[:, None, :] + 1e-12 * eye6)
-        step, _ = torch.linalg.solve_ex(Hd, -g[..., None])
-        step = step[..., 0]
-        step = torch.where(torch.isfinite(step), step, torch.zeros_like(step))
-        dR = _so3_exp(step[:, :3])
-        Rn = dR @ R
-        tn = (dR @ t[..., None])[..., 0] + step[:, 3:]
-        cn, Hn, gn = _irls(Xs, Rn, tn, xn, fxy, w, huber_delta)
+        H = M[:, :6, :6]
+        Hd = H + torch.diag_embed((H.diagonal(dim1=1, dim2=2) + 1e-12) * lam)
+        # A singular system gives a non-finite step, whose cost is NaN: rejected below.
+        sol = torch.linalg.solve_ex(Hd, M[:, :6, 6:])[0][..., 0]
+        # Cayley retraction dR = I + (S + S²/2) / (1 + θ²/4), S = [ω]x: a rotation, second-order
+        # equal to exp(S), with no trigonometry or small-angle branch. The step is -sol with
+        # the solver's sign flips, folded into the constants.
+        w3 = sol[:, None, :3]
+        S = torch.mm(sol[:, :3], k.skew).view(B, 3, 3)
+        A = torch.baddbmm(S, S, S, alpha=0.5) / torch.baddbmm(k.one, w3, w3.mT, alpha=0.25)
+        Tn = torch.baddbmm(T, A, T)
+        Tn[:, :, 3].addcmul_(sol[:, 3:], k.step_sign)
+        Mn, cn, gn2 = _linearise(Tn, data)
         # Near the optimum cost differences drown in rounding and the last, tiny Gauss-Newton
         # steps would be rejected ~sqrt(eps) short of it: accept a cost tie if the gradient shrinks.
-        tie = (cn <= cost + slack * cost.abs()) & ((gn * gn).sum(-1) < (g * g).sum(-1))
-        better = (cn < cost) | tie
-        b1, b3 = better[:, None], better[:, None, None]
-        R = torch.where(b3, Rn, R)
-        t = torch.where(b1, tn, t)
-        H = torch.where(b3, Hn, H)
-        g = torch.where(b1, gn, g)
+        better = (cn < cost) | ((cn <= cost * one_plus_slack) & (gn2 < g2))
+        b1 = better[:, None]
+        b3 = b1[..., None]
+        T = torch.where(b3, Tn, T)
+        M = torch.where(b3, Mn, M)
         cost = torch.where(better, cn, cost)
-        lam = torch.where(b1, (lam * 0.1).clamp_min(1e-9), lam * 10)
-        if tol > 0 and iters < iterations:
-            converged = (step.abs().amax(-1) < tol) | ~finite
-            if bool(converged.all()):
-                break
+        g2 = torch.where(better, gn2, g2)
+        lam = lam * torch.where(b1, k.lm_down, k.lm_up)
+        if tol > 0 and iters < iterations and bool(sol.abs().amax() < tol):
+            break
 
     # Back to the caller's model frame: x_cam = s (R Xs + t) = R X + (s t - R c).
-    t = scale * t - (R @ c.transpose(1, 2))[..., 0]
-    Xcam = points_3d @ R.transpose(1, 2) + t[:, None]
-    proj = Xcam[..., :2] / Xcam[..., 2:3]
-    err2 = (((proj - xn) * torch.stack((fx, fy), -1)[:, None]) ** 2).sum(-1)
-    rms = err2.mean(-1).sqrt()
+    R = T[:, :, :3]
+    t = scale[..., 0] * T[:, :, 3] - torch.bmm(R, cen)[..., 0]
+    Pc = torch.bmm(T, Xh)
+    rt = Pc[:, :2] / Pc[:, 2:] - xn
+    err2 = (rt * rt * f2).sum(1)
+    rms = err2.mean(1).sqrt()
     # Seen from behind: the projective DLT fit needed a reversed depth row AND fits far better
     # than the best pose in front (F-test style; ratio 16 ~ p < 1e-3 for 9 points). Far small
     # objects, where the depth row is noise, pass: there the data cannot tell.
-    behind = reversed_ & ((w * err2).sum(-1) > 16 * dlt_sq + 1e-4 * N)
-    failed = (~finite | flat3 | flat2 | behind | (Xcam[..., 2] <= 0).any(-1)
-              | ~torch.isfinite(R).flatten(1).all(1) | ~torch.isfinite(t).all(1) | ~torch.isfinite(rms))
-    f1, f2_ = failed[:, None], failed[:, None, None]
-    R = torch.where(f2_, torch.eye(3, dtype=dtype, device=device), R)
-    t = torch.where(f1, t.new_tensor([0.0, 0.0, 1.0]), t)
-    rms = torch.where(failed, torch.full_like(rms, float("inf")), rms)
+    behind = reversed_ & ((wn[:, 0] * err2).sum(1) > 16 * dlt_sq + 1e-4)
+    failed = (bad | flat3 | flat2 | behind | (Pc[:, 2].amin(1) <= 0)
+              | ~torch.isfinite(T.sum((1, 2)) + t.sum(1) + rms))
+    R = torch.where(failed[:, None, None], k.eye3, R)
+    t = torch.where(failed[:, None], k.t_failed, t)
+    rms = torch.where(failed, float("inf"), rms)
     return R, t, failed, rms, iters
-
-
-def _dummy_points(N: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A fixed, well-spread, non-coplanar ``(N, 3)`` set used in place of invalid problems."""
-    i = torch.arange(N, dtype=dtype, device=device)
-    ang = i * 2.399963  # golden angle: no two points coincide for any N
-    return 0.1 * torch.stack((ang.cos(), ang.sin(), (i % 3 - 1) * 0.5), -1)
 
 
 # ----------------------------------------------------------------------------------------------
 # Implicit-function-theorem backward
 
 
-def _objective(delta: Tensor, R0: Tensor, t0: Tensor, x2: Tensor, X3: Tensor, K: Tensor,
-               w: Tensor, huber_delta: Optional[float]) -> Tuple[Tensor, Tensor, Tensor]:
-    """Robust reprojection objective of pose ``exp(delta) ∘ (R0, t0)``, per problem ``(B,)``.
+def _stationarity(x2: Tensor, X3: Tensor, K: Tensor, w: Tensor, R: Tensor, t: Tensor,
+                  huber_delta: Optional[float], hessian: bool = True):
+    """Gradient ``g (B,6)`` and exact Hessian ``H (B,6,6)`` of ``f`` at ``(R, t)``, analytic.
 
-    ``exp`` is expanded to second order: exact value, gradient and Hessian at ``delta = 0``,
-    which is all the implicit function theorem uses, and free of the ``sqrt`` at zero.
+    The pose is perturbed on the left, ``P(δ) = exp(ω) P + v`` with ``δ = (ω, v)`` and
+    ``P = R X + t``. With ``e = f ⊙ π(P) + c − u`` (pixels), ``φ = ρ'(s)/s · w e`` and
+    ``J = ∂e/∂δ = A D`` (``A = ∂e/∂P``, ``D = [−[P]x | I]``): ``g = Σ Jᵀ φ`` and
+
+        H = Σ Jᵀ W J + Σ Dᵀ (Σ_k φ_k ∇²e_k) D + Σ [½(c Pᵀ + P cᵀ) − (c·P) I]_ωω,
+
+    where ``W = a I − b e eᵀ`` is the 2x2 curvature of ``w ρ(‖e‖)`` (``a = w ρ'/s``; ``b = a/s²``
+    in Huber's linear zone, else 0), ``c = Aᵀ φ`` and the last term is ``exp``'s second order
+    (BPnP, Chen et al. 2020, needs exactly this Hessian; unrolling the solver would not).
+    ``∇²e`` of the projection is ``(f/z²)[[0, 0, −1], [0, 0, 0], [−1, 0, 2x]]`` for ``u``.
+
+    Returns ``g, H`` (``H`` only if ``hessian``) and ``JT (B,6,2,N)``, ``a, b (B,N)``,
+    ``e (B,2,N)`` for the closed-form 2D gradient.
     """
-    S = _skew(delta[:, :3])
-    eye = torch.eye(3, dtype=delta.dtype, device=delta.device)
-    dR = eye + S + 0.5 * (S @ S)
-    R = dR @ R0
-    t = (dR @ t0[..., None])[..., 0] + delta[:, 3:]
-    Xc = X3 @ R.transpose(1, 2) + t[:, None]
-    uv = Xc[..., :2] / Xc[..., 2:3]
-    uv = uv * torch.stack((K[:, 0, 0], K[:, 1, 1]), -1)[:, None] + K[:, None, :2, 2]
-    s2 = ((uv - x2) ** 2).sum(-1)
+    B, N = x2.shape[:2]
+    P = torch.baddbmm(t[:, :, None], R, X3.transpose(1, 2))
+    iz = P[:, 2].reciprocal()
+    x, y = P[:, 0] * iz, P[:, 1] * iz
+    f = K.diagonal(dim1=1, dim2=2)[:, :2, None]
+    e = torch.stack((x, y), 1) * f + K[:, :2, 2:] - x2.transpose(1, 2)
+    s2 = (e * e).sum(1)
     if huber_delta is None:
-        rho = 0.5 * s2
+        a, b = w, torch.zeros_like(w)
     else:
-        d = huber_delta
-        s = s2.clamp_min(d * d).sqrt()
-        rho = torch.where(s2 <= d * d, 0.5 * s2, d * (s - 0.5 * d))
-    return (w * rho).sum(-1), R, t
+        d2 = huber_delta * huber_delta
+        s = s2.clamp_min(d2).sqrt()
+        a = w * huber_delta / s
+        b = torch.where(s2 > d2, a / s2, 0.0)
+    zero = torch.zeros_like(x)
+    xy = x * y
+    JT = torch.stack((torch.stack((-xy, 1 + x * x, -y, iz, zero, -x * iz), 1) * f[:, :1],
+                      torch.stack((-1 - y * y, xy, x, zero, iz, -y * iz), 1) * f[:, 1:]), 2)
+    phi = a[:, None] * e
+    g = (JT * phi[:, None]).sum((2, 3))
+    if not hessian:
+        return g, None, JT, a, b, e
+    JTf = JT.reshape(B, 6, 2 * N)
+    q = (JT * e[:, None]).sum(2)
+    H = (JTf * a.repeat(1, 2)[:, None]) @ JTf.mT - (q * b[:, None]) @ q.mT
+    al, be = f[:, 0] * phi[:, 0], f[:, 1] * phi[:, 1]
+    gam = al * x + be * y
+    iz2 = iz * iz
+    hx, hy = al * iz2, be * iz2
+    X, Y, Z = P.unbind(1)
+    # Dᵀ(Σ φ_k ∇²e_k)D = −(n mᵀ + m nᵀ) + 2γ/z² m mᵀ with m = Dᵀe_z, n = Dᵀ(h_x, h_y, 0).
+    n = torch.stack((-hy * Z, hx * Z, hy * X - hx * Y, hx, hy, zero), 1)
+    m = torch.stack((Y, -X, zero, zero, zero, torch.ones_like(x)), 1)
+    nm = n @ m.mT
+    H = H - nm - nm.mT + (m * (2 * gam * iz2)[:, None]) @ m.mT
+    CP = (torch.stack((al, be, -gam), 1) * iz[:, None]) @ P.mT
+    eye3 = torch.eye(3, dtype=x2.dtype, device=x2.device)
+    Hww = 0.5 * (CP + CP.mT) - CP.diagonal(dim1=1, dim2=2).sum(1)[:, None, None] * eye3
+    H = H + torch.nn.functional.pad(Hww, (0, 3, 0, 3))
+    return g, H, JT, a, b, e
 
 
 class _PnPFunction(torch.autograd.Function):
@@ -377,46 +437,48 @@ class _PnPFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_R, grad_t, _gf, _ge, _gi):
         points_2d, points_3d, K, weights, R, t, failed = ctx.saved_tensors
-        B, N = points_2d.shape[:2]
-        dtype, device = points_2d.dtype, points_2d.device
+        N = points_2d.shape[1]
+        k = _constants(N, points_2d.dtype, points_2d.device)
         needs = ctx.needs_input_grad[:4]
+        only_2d = not any(needs[1:])
         if grad_R is None:
             grad_R = torch.zeros_like(R)
         if grad_t is None:
             grad_t = torch.zeros_like(t)
-        with torch.enable_grad():
-            inputs = [x.detach().requires_grad_(n) for x, n in zip((points_2d, points_3d, K, weights), needs)]
+        with torch.set_grad_enabled(not only_2d):
+            inputs = [x.detach().requires_grad_(n and not only_2d)
+                      for x, n in zip((points_2d, points_3d, K, weights), needs)]
             f1, f3 = failed[:, None], failed[:, None, None]
-            # Failed problems are swapped for a finite dummy: where() routes them zero gradient.
-            x2 = torch.where(f3, torch.zeros_like(points_2d), inputs[0])
-            X3 = torch.where(f3, _dummy_points(N, dtype, device), inputs[1])
-            Kc = torch.where(f3, torch.eye(3, dtype=dtype, device=device), inputs[2])
-            w = torch.where(f1, torch.ones_like(weights), inputs[3])
-            delta = torch.zeros(B, 6, dtype=dtype, device=device, requires_grad=True)
-            f, Rd, td = _objective(delta, R, t, x2, X3, Kc, w, ctx.huber_delta)
-            (g,) = torch.autograd.grad(f.sum(), delta, create_graph=True)
-            H = torch.stack([torch.autograd.grad(g[:, k].sum(), delta, retain_graph=True)[0]
-                             for k in range(6)], 1)
-            (dL,) = torch.autograd.grad((grad_R * Rd).sum() + (grad_t * td).sum(), delta,
-                                        retain_graph=True)
-            H = torch.where(f3, torch.eye(6, dtype=dtype, device=device), H.detach())
-            lam, _ = torch.linalg.solve_ex(H, -dL[..., None])
-            lam = lam[..., 0]
-            bad = failed | ~torch.isfinite(lam).all(1)
-            lam = torch.where(bad[:, None], torch.zeros_like(lam), lam)
-            wanted = [x for x, n in zip(inputs, needs) if n]
-            grads = torch.autograd.grad(g, wanted, grad_outputs=lam, allow_unused=True)
+            # Failed problems are swapped for the dummy problem, solved exactly by their
+            # returned (R, t): where() routes them zero gradient.
+            x2 = torch.where(f3, k.dummy_2d, inputs[0])
+            X3 = torch.where(f3, k.dummy_3d, inputs[1])
+            Kc = torch.where(f3, k.eye3, inputs[2])
+            w = torch.where(f1, 1.0, inputs[3])
+            g, H, JT, a, b, e = _stationarity(x2, X3, Kc, w, R, t, ctx.huber_delta)
+        # dL/dδ for R(δ) = exp(ω) R, t(δ) = exp(ω) t + v: Σ_j Y_j x G_j over the columns of [R | t].
+        Y = torch.cat((R, t[:, :, None]), 2)
+        G = torch.cat((grad_R, grad_t[:, :, None]), 2)
+        dL = torch.cat((torch.linalg.cross(Y, G, dim=1).sum(2), grad_t), 1)
+        H = torch.where(f3, torch.eye(6, dtype=H.dtype, device=H.device), H.detach())
+        lam, _ = torch.linalg.solve_ex(H, dL[..., None])
+        lam = -lam[..., 0]
+        bad = failed | ~torch.isfinite(lam).all(1)
+        lam = torch.where(bad[:, None], 0.0, lam)
+        if only_2d:
+            # ∂g/∂u_n = −J_nᵀ W_n, so dL/du_n = λᵀ ∂g/∂u_n = −W_n J_n λ.
+            Jl = (JT.detach() * lam[:, :, None, None]).sum(1)
+            Wl = a.detach()[:, None] * Jl - (b.detach() * (e.detach() * Jl).sum(1))[:, None] * e.detach()
+            gx = Wl.neg().transpose(1, 2)
+            return torch.where(torch.isfinite(gx), gx, 0.0), None, None, None, None, None, None
+        wanted = [x for x, n in zip(inputs, needs) if n]
+        grads = iter(torch.autograd.grad(g, wanted, grad_outputs=lam, allow_unused=True))
         out = []
-        it = iter(grads)
         for x, n in zip(inputs, needs):
-            if not n:
-                out.append(None)
-                continue
-            gx = next(it)
-            if gx is None:
+            gx = next(grads) if n else None
+            if n and gx is None:
                 gx = torch.zeros_like(x)
-            gx = torch.where(torch.isfinite(gx), gx, torch.zeros_like(gx))
-            out.append(gx)
+            out.append(None if gx is None else torch.where(torch.isfinite(gx), gx, 0.0))
         return (*out, None, None, None)
 
 
