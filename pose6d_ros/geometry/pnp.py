@@ -69,7 +69,11 @@ def solve_pnp(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Optional
         iterations: maximum LM iterations.
         huber_delta: Huber threshold in pixels, or ``None`` for least squares.
         tol: stop early once every problem's step is below ``tol`` (``None``: a dtype default,
-            ``1e-10`` for float64 and ``1e-5`` for float32; ``0`` runs all iterations).
+            ``1e-6`` for float64 and ``1e-3`` for float32; ``0`` runs all iterations). Steps are
+            in radians and in units of the model points' RMS radius. The last step is applied,
+            and Gauss–Newton gains a factor ~40 per step at 1 px noise (quadratic when noise-free),
+            so the pose ends far closer than ``tol`` to the optimum; float32's rounding floor
+            is ~1e-5.
 
     Returns:
         :class:`PnPResult`.
@@ -99,7 +103,7 @@ def solve_pnp(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Optional
         raise TypeError(f"points_2d/points_3d/K: dtypes differ "
                         f"({points_2d.dtype}, {points_3d.dtype}, {K.dtype})")
     if tol is None:
-        tol = 1e-10 if points_2d.dtype == torch.float64 else 1e-5
+        tol = 1e-6 if points_2d.dtype == torch.float64 else 1e-3
     w = weights if weights is not None else points_2d.new_ones(B, N)
     tensors = (points_2d, points_3d, K, w)
     if torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
@@ -353,7 +357,7 @@ def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Tensor, ite
     # objects, where the depth row is noise, pass: there the data cannot tell.
     behind = reversed_ & ((wn[:, 0] * err2).sum(1) > 16 * dlt_sq + 1e-4)
     failed = (bad | flat3 | flat2 | behind | (Pc[:, 2].amin(1) <= 0)
-              | ~torch.isfinite(T.sum((1, 2)) + t.sum(1) + rms))
+              | ~torch.isfinite(rms + t.sum(1)))  # a non-finite R or t makes rms NaN
     R = torch.where(failed[:, None, None], k.eye3, R)
     t = torch.where(failed[:, None], k.t_failed, t)
     rms = torch.where(failed, float("inf"), rms)
