@@ -35,13 +35,14 @@ def _torch(*arrays, dtype=torch.float64, device="cpu"):
 
 
 class TestAccuracy:
-    def test_no_worse_than_opencv_iterative(self):
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+    def test_no_worse_than_opencv_iterative(self, dtype):
         B = 1000
         X, R, t, uv = _problems(B, 1.0)
-        x2, X3, K = _torch(uv, X, np.broadcast_to(K_NP, (B, 3, 3)))
-        res = solve_pnp(x2, X3, K)
+        x2, X3, K = _torch(uv, X, np.broadcast_to(K_NP, (B, 3, 3)), dtype=dtype)
+        res = solve_pnp(x2, X3, K)  # default settings: early exit at the dtype's tolerance
         assert not res.failed.any()
-        ours = _errors(res.R.numpy(), res.t.numpy(), R, t)
+        ours = _errors(res.R.double().numpy(), res.t.double().numpy(), R, t)
         Rs, ts = [], []
         for b in range(B):
             _, rv, tv = cv2.solvePnP(X[b], uv[b], K_NP, None, flags=cv2.SOLVEPNP_ITERATIVE)
@@ -106,6 +107,29 @@ class TestGradients:
             solve_pnp(a, b, c, d, iterations=60, tol=0, huber_delta=3.0))
         # fast_mode: random projections of the Jacobian, to keep the test within a few seconds.
         assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
+
+    def test_gradcheck_points_2d_huber_active(self):
+        # Only the 2D points require grad: the closed-form backward, with points in Huber's
+        # linear zone (4 px noise, 3 px threshold) and fixed per-point weights.
+        x2, X3, K = self._setup(B=1, noise=4.0, seed=9)
+        w = torch.rand(1, 9, dtype=torch.float64) + 0.5
+        x2.requires_grad_()
+        fn = lambda a: (lambda r: (r.R, r.t))(  # noqa: E731
+            solve_pnp(a, X3, K, w, iterations=60, tol=0, huber_delta=3.0))
+        assert torch.autograd.gradcheck(fn, (x2,), eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
+
+    def test_inference_mode_then_autograd(self):
+        # Cached constants created under inference mode must not break a later autograd call.
+        x2, X3, K = self._setup(B=2, seed=10)
+        X3 = X3[:, :7].contiguous()  # a point count no other test uses: fresh cache entries
+        x2 = x2[:, :7].contiguous()
+        with torch.inference_mode():
+            ref = solve_pnp(x2, X3, K)
+        x = x2.clone().requires_grad_()
+        res = solve_pnp(x, X3, K)
+        (res.R.sum() + res.t.sum()).backward()
+        assert torch.isfinite(x.grad).all() and (x.grad != 0).any()
+        torch.testing.assert_close(res.t.detach(), ref.t)
 
     def test_failed_problem_isolated(self):
         x2, X3, K = self._setup(B=3)
