@@ -4,8 +4,8 @@ Cost grows with the pixels the meshes cover, not with pixels x faces:
 
 1. Every face is split into the pixel rows its screen bounding box spans, and every (face, row) pair
    into the pixel centres the triangle covers on that row (an exact span, from the row's
-   intersections with the three edges).  Both splits are ``repeat_interleave`` expansions, so the
-   result is a flat list of (pixel, face) candidates holding only covered pixels.
+   intersections with the three edges).  Both splits are prefix-sum expansions, so the result is a
+   flat list of (pixel, face) candidates holding only covered pixels.
 2. Inverse depth is affine in screen coordinates on a triangle, so each candidate's ``1/z`` costs
    one multiply-add; a ``scatter_reduce(amax)`` is the z-buffer.
 3. Only the winning face of each covered pixel is then recomputed with autograd (perspective-correct
@@ -17,6 +17,10 @@ Cost grows with the pixels the meshes cover, not with pixels x faces:
    the distance to the winning edge is recomputed with it.
 
 Pixel ``(i, j)`` is sampled at ``(u, v) = (j, i)`` (OpenCV, docs/conventions.md).
+
+On the CPU the cost is mostly memory traffic, so the large per-row and per-candidate temporaries are
+updated in place and released as soon as a stage is done: every megabyte of peak memory above what
+the allocator keeps is returned to the OS after a call and page-faulted back in by the next one.
 """
 
 from __future__ import annotations
@@ -138,7 +142,10 @@ def _keys(value: torch.Tensor, payload: torch.Tensor) -> torch.Tensor:
     the z-test (or nearest-edge test) and the choice of the winner in one pass, with no boolean
     compaction.  Ties go to the largest (``amax``) or smallest (``amin``) payload.
     """
-    return (value.to(torch.float32).view(torch.int32).to(torch.int64) << 32) | payload
+    key = value.to(torch.float32).view(torch.int32).to(torch.int64)
+    key <<= 32
+    key |= payload
+    return key
 
 
 def _hi(x: float) -> int:
@@ -155,14 +162,14 @@ class _FaceExtras:
 
     Attributes:
         covered: ``(B * H * W,)`` bool hard coverage.
-        slot: ``(B * H * W,)`` index of each pixel in ``Fragments.pix`` (-1: uncovered).
+        scratch: a free ``(B * H * W,)`` int64 buffer (the z-buffer's), for the contour pass.
         fv: three ``(N,)`` flat (batch-offset) vertex ids of each covered pixel's face.
         bary: three contiguous ``(N,)`` columns of ``Fragments.bary``.
         batch: ``(N,)`` batch index of each covered pixel.
     """
 
     covered: torch.Tensor
-    slot: torch.Tensor
+    scratch: torch.Tensor
     fv: List[torch.Tensor]
     bary: List[torch.Tensor]
     batch: torch.Tensor
@@ -185,36 +192,39 @@ def _rasterize_faces(
     it = _index_dtype(3 * B * HW)  # flat pixel indices, planar RGB ones included
     vt = _index_dtype(B * V)
     fidx = (faces.to(vt) + (torch.arange(B, device=dev, dtype=vt) * V)[:, None, None]).reshape(-1, 3)
-    fcol = [fidx[:, k].contiguous() for k in range(3)]  # (BF,) flat vertex ids of each corner
-    with torch.no_grad():
-        u = uv.detach()[..., 0].reshape(-1).float()
-        v = uv.detach()[..., 1].reshape(-1).float()
-        zf = z.detach().reshape(-1).float()
-        x0, x1, x2 = (_take(u, fcol[k]) for k in range(3))
-        y0, y1, y2 = (_take(v, fcol[k]) for k in range(3))
-        z0, z1, z2 = (_take(zf, fcol[k]) for k in range(3))
+    BF = fidx.shape[0]
+    corners = torch.cat([fidx[:, k] for k in range(3)])  # (3 * BF,): corner k of face f at k * BF + f
+    fcol = list(corners.view(3, BF))  # (BF,) flat vertex ids of each corner
+    # The selection runs in inference mode (no autograd bookkeeping: ~5-10% of the forward on the
+    # CPU, where most ops are small); only tensors autograd never saves leave these blocks, and
+    # the pixel lists that it may save (as scatter indices) are made outside them.
+    with torch.inference_mode():
+        # Per-face quantities are (3, BF) tables, row k for corner or edge k: one op per formula
+        # (at ~15k faces the cost is mostly per-op overhead).
+        X = uv.detach()[..., 0].reshape(-1).float().index_select(0, corners).view(3, BF)
+        Y = uv.detach()[..., 1].reshape(-1).float().index_select(0, corners).view(3, BF)
+        Z = z.detach().reshape(-1).float().index_select(0, corners).view(3, BF)
+        (x0, x1, x2), (y0, y1, y2) = X, Y
         area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)  # twice the signed area
-        sgn = torch.where(area >= 0, 1.0, -1.0)
-        # Edge functions e_k(x, y) = A_k x + B_k y + C_k, oriented so the inside is positive.
-        A = [sgn * (y1 - y2), sgn * (y2 - y0), sgn * (y0 - y1)]
-        Bc = [sgn * (x2 - x1), sgn * (x0 - x2), sgn * (x1 - x0)]
-        C = [sgn * (x1 * y2 - x2 * y1), sgn * (x2 * y0 - x0 * y2), sgn * (x0 * y1 - x1 * y0)]
-        ymin = torch.ceil(torch.minimum(torch.minimum(y0, y1), y2)).clamp(min=0)
-        ymax = torch.floor(torch.maximum(torch.maximum(y0, y1), y2)).clamp(max=H - 1)
-        ok = (
-            face_valid.reshape(-1)
-            & (torch.minimum(torch.minimum(z0, z1), z2) > znear)
-            & (area.abs() > 1e-9)
-            & (ymax >= ymin)
-            & (torch.maximum(torch.maximum(x0, x1), x2) >= 0)
-            & (torch.minimum(torch.minimum(x0, x1), x2) <= W - 1)
-        )
-        rows = torch.where(ok, ymax - ymin + 1, 0.0).to(it)
+        # sign(0) = 0 only zeroes faces that `ok` drops anyway.
+        sgn = torch.sign(area)
+        # Edge functions e_k(x, y) = A_k x + B_k y + C_k, oriented so the inside is positive; edge k
+        # joins corners k + 1 and k + 2.  Kept: A, -B and -C (negation is exact).
+        X1, X2, Y1, Y2 = X.roll(-1, 0), X.roll(-2, 0), Y.roll(-1, 0), Y.roll(-2, 0)
+        A = sgn * (Y1 - Y2)
+        nB = sgn * (X1 - X2)
+        nC = sgn * (X2 * Y1 - X1 * Y2)
+        del X1, X2, Y1, Y2
+        ymin = torch.ceil(Y.amin(0)).clamp_(min=0)
+        ymax = torch.floor(Y.amax(0)).clamp_(max=H - 1)
+        ok = face_valid.reshape(-1) & (Z.amin(0) > znear) & (area.abs() > 1e-9)
+        ok &= X.amax(0) >= 0
+        ok &= X.amin(0) <= W - 1
+        rows = (ymax - ymin + 1).clamp_(min=0).mul_(ok).to(it)
         # Inverse depth is affine over the triangle: 1/z = pa * x + pb * y + pc.
         ia = 1.0 / (sgn * area).clamp(min=1e-12)
-        pa = (A[0] / z0 + A[1] / z1 + A[2] / z2) * ia
-        pb = (Bc[0] / z0 + Bc[1] / z1 + Bc[2] / z2) * ia
-        pc = (C[0] / z0 + C[1] / z1 + C[2] / z2) * ia
+        nia = -ia
+        pa, pb, pc = ((q[0] + q[1] + q[2]) * f for q, f in ((A / Z, ia), (nB / Z, nia), (nC / Z, nia)))
 
         face_b = torch.arange(B, device=dev, dtype=it).repeat_interleave(F)
         face_row0 = face_b * HW + ymin.to(it) * W
@@ -223,49 +233,61 @@ def _rasterize_faces(
         # edge's bound is offset by 0 on the side it limits and by >= 5e29 on the other, so a row
         # takes a plain max / min over the three edges (torch.where is ~20x slower than arithmetic
         # on the CPU).
-        sA = [torch.sign(a) for a in A]
-        nB = [-b for b in Bc]
-        nC = [-c for c in C]
-        A1 = [a + (1.0 - s.abs()) for a, s in zip(A, sA)]  # A_k, or 1 where A_k == 0
-        pen_lo = [(s - 1.0) * 5e29 for s in sA]
-        pen_hi = [(s + 1.0) * 5e29 for s in sA]
+        sA = torch.sign(A)
+        A1 = A.add_(1.0 - sA.abs())  # A_k, or 1 where A_k == 0
+        pen_lo = (sA - 1.0).mul_(5e29)
+        pen_hi = sA.add_(1.0).mul_(5e29)
 
         # (face, row) pairs.
         gface, r = _expand(rows)
-        y = _take(ymin, gface) + r.float()
-        lo_k, hi_k = [], []
-        for k in range(3):
-            bound = ((_take(nB[k], gface) * y + _take(nC[k], gface)) / _take(A1[k], gface)).clamp_(-1e20, 1e20)
-            lo_k.append(bound + _take(pen_lo[k], gface))
-            hi_k.append(bound + _take(pen_hi[k], gface))
-        lo = torch.maximum(torch.maximum(lo_k[0], lo_k[1]), lo_k[2])
-        hi = torch.minimum(torch.minimum(hi_k[0], hi_k[1]), hi_k[2])
-        xl = torch.ceil(lo.clamp_(min=0.0)).clamp_(max=float(W))  # W: an empty row, kept in int range
-        cols = (torch.floor(hi.clamp_(max=float(W - 1))) - xl + 1).clamp_(min=0).to(it)
+        n_rows = gface.shape[0]
+        y = _take(ymin, gface).add_(r.float())
+        g3 = (gface[None, :] + (torch.arange(3, device=dev, dtype=gface.dtype) * BF)[:, None]).view(-1)
+
+        def per_row(table: torch.Tensor) -> torch.Tensor:  # (3, R) rows of a (3, BF) table
+            return _take(table.view(-1), g3).view(3, n_rows)
+
+        bound = per_row(nB).mul_(y).add_(per_row(nC)).div_(per_row(A1)).clamp_(-1e20, 1e20)
+        lo3 = per_row(pen_lo).add_(bound)
+        hi3 = bound.add_(per_row(pen_hi))
+        del bound, g3
+        lo = torch.maximum(torch.maximum(lo3[0], lo3[1]), lo3[2])
+        hi = torch.minimum(torch.minimum(hi3[0], hi3[1]), hi3[2])
+        del lo3, hi3
+        xl = lo.clamp_(min=0.0).ceil_().clamp_(max=float(W))  # W: an empty row, kept in int range
+        cols = hi.clamp_(max=float(W - 1)).floor_().sub_(xl).add_(1).clamp_(min=0).to(it)
+        del hi
         row_pa = _take(pa, gface)
-        row_i0 = row_pa * xl + _take(pb, gface) * y + _take(pc, gface)
-        row_base = _take(face_row0, gface) + r * W  # flat index of the row's pixel 0
+        row_i0 = row_pa * xl
+        row_i0 += _take(pb, gface).mul_(y)
+        row_i0 += _take(pc, gface)
+        row_base = _take(face_row0, gface).add_(r.mul_(W))  # flat index of the row's pixel 0
         row_pix = row_base + xl.to(it)
+        del r, xl
 
         # (pixel, face) candidates and the z-buffer.  The key's payload is the candidate's row: rows
         # follow face order and a pixel meets a row at most once, so the largest row is the largest
         # face, as a tie-break on equal depth should be (deterministic, batch independent).
         row_id, c = _expand(cols)
-        pix = _take(row_pix, row_id) + c
+        pix = _take(row_pix, row_id).add_(c)
         invz = torch.addcmul(_take(row_i0, row_id), _take(row_pa, row_id), c.float())
+        del c, row_i0, row_pa, row_pix
+        key = _keys(invz.clamp_(min=0), row_id)
+        del invz, row_id
         best = torch.full((B * HW,), -1, dtype=torch.int64, device=dev)
-        best.scatter_reduce_(0, pix, _keys(invz.clamp_(min=0), row_id), reduce="amax", include_self=True)
+        best.scatter_reduce_(0, pix, key, reduce="amax", include_self=True)
+        del pix, key
         covered = best >= 0
-        cov_pix = torch.nonzero(covered).squeeze(1)
+    cov_pix = torch.nonzero(covered).squeeze(1)
+    with torch.inference_mode():
         win = _take(best, cov_pix) & _LOW  # the winning row
         cov_face = _take(gface, win)  # global face id b * F + f
         cov_b = _take(face_b, cov_face)
         # A winner's pixel coordinates, from its row (integer-valued, so exact in any float dtype).
         qy = _take(y, win).to(uv.dtype)
         qx = (cov_pix - _take(row_base, win)).to(uv.dtype)
+        del win, y, row_base, gface
         face_local = torch.arange(F, device=dev).repeat(B)
-        # The key buffer becomes the map pixel -> slot in cov_pix (-1 where uncovered), for shaders.
-        slot = best.scatter_(0, cov_pix, torch.arange(cov_pix.shape[0], device=dev))
 
     # Differentiable recomputation for the winners only.
     fv = [_take(fcol[k], cov_face) for k in range(3)]  # flat vertex ids
@@ -286,7 +308,7 @@ def _rasterize_faces(
     frags = Fragments(
         pix=cov_pix, face=_take(face_local, cov_face), bary=torch.stack(bcols, -1), zbuf=1.0 / invz_d, size=(B, H, W)
     )
-    return frags, _FaceExtras(covered=covered, slot=slot, fv=fv, bary=bcols, batch=cov_b)
+    return frags, _FaceExtras(covered=covered, scratch=best, fv=fv, bary=bcols, batch=cov_b)
 
 
 def rasterize_faces(
@@ -339,8 +361,10 @@ def _rasterize_contours(
     size: Tuple[int, int],
     margin: float,
     znear: float,
+    scratch: Optional[torch.Tensor] = None,
 ) -> Tuple[ContourFragments, _ContourExtras]:
-    """:func:`rasterize_contours` on a flat ``(B * H * W,)`` coverage, plus :class:`_ContourExtras`."""
+    """:func:`rasterize_contours` on a flat ``(B * H * W,)`` coverage, plus :class:`_ContourExtras`;
+    ``scratch`` is an optional free ``(B * H * W,)`` int64 buffer to use as the distance buffer."""
     B, V = uv.shape[:2]
     E = edges.shape[1]
     H, W = size
@@ -349,43 +373,41 @@ def _rasterize_contours(
     dev = uv.device
     it = _index_dtype(P + 1)
     vt = _index_dtype(B * V)
-    off = (torch.arange(B, device=dev, dtype=vt) * V)[:, None]
-    ev = (edges.to(vt) + off[..., None]).reshape(-1, 2)  # (BE, 2) flat vertex ids
-    ev0, ev1 = ev[:, 0].contiguous(), ev[:, 1].contiguous()
+    off = (torch.arange(B, device=dev, dtype=vt) * V)[:, None, None]
+    ev = (edges.to(vt) + off).reshape(-1, 2)  # (BE, 2) flat vertex ids
+    ov = (edge_opposite.clamp(min=0).to(vt) + off).reshape(-1, 2)
+    BE = ev.shape[0]
+    # (4 * BE,): both ends, then both opposite vertices, of every edge.
+    ends = torch.cat([ev[:, 0], ev[:, 1], ov[:, 0], ov[:, 1]])
+    ev0, ev1 = ends[:BE], ends[BE : 2 * BE]
     m = float(margin)
-    with torch.no_grad():
-        u = uv.detach()[..., 0].reshape(-1).float()
-        v = uv.detach()[..., 1].reshape(-1).float()
-        zf = z.detach().reshape(-1).float()
-        ax, ay = _take(u, ev0), _take(v, ev0)
-        bx, by = _take(u, ev1), _take(v, ev1)
-        opp = edge_opposite.reshape(-1, 2)
-        border = opp[:, 1] < 0
-        oflat = (edge_opposite.clamp(min=0).to(vt) + off[..., None]).reshape(-1, 2)
-        o0, o1 = oflat[:, 0].contiguous(), oflat[:, 1].contiguous()
+    with torch.inference_mode():  # see _rasterize_faces
+        U = uv.detach()[..., 0].reshape(-1).float().index_select(0, ends).view(4, BE)
+        Vt = uv.detach()[..., 1].reshape(-1).float().index_select(0, ends).view(4, BE)
+        Zmin = z.detach().reshape(-1).float().index_select(0, ends[: 2 * BE]).view(2, BE).amin(0)
+        (ax, bx), (ay, by) = U[:2], Vt[:2]
         ex, ey = bx - ax, by - ay
-        s0 = ex * (_take(v, o0) - ay) - ey * (_take(u, o0) - ax)
-        s1 = ex * (_take(v, o1) - ay) - ey * (_take(u, o1) - ax)
+        side = ex * (Vt[2:] - ay) - ey * (U[2:] - ax)  # (2, BE): where each opposite vertex lies
+        del U, Vt
         ymin_e, ymax_e = torch.minimum(ay, by), torch.maximum(ay, by)
-        y_lo = torch.ceil(ymin_e - m).clamp(min=0)
-        y_hi = torch.floor(ymax_e + m).clamp(max=H - 1)
-        contour = (
-            edge_valid.reshape(-1)
-            & (_take(zf, ev0) > znear)
-            & (_take(zf, ev1) > znear)
-            & (border | (s0 * s1 >= 0))
-            & (y_hi >= y_lo)
-            & (torch.maximum(ax, bx) + m >= 0)
-            & (torch.minimum(ax, bx) - m <= W - 1)
-        )
-        rows = torch.where(contour, y_hi - y_lo + 1, 0.0).to(it)
+        y_lo = torch.ceil(ymin_e - m).clamp_(min=0)
+        y_hi = torch.floor(ymax_e + m).clamp_(max=H - 1)
+        contour = (side[0] * side[1] >= 0) | (edge_opposite[..., 1].reshape(-1) < 0)  # or a border edge
+        contour &= edge_valid.reshape(-1)
+        contour &= Zmin > znear
+        contour &= torch.maximum(ax, bx) + m >= 0
+        contour &= torch.minimum(ax, bx) - m <= W - 1
+        rows = (y_hi - y_lo + 1).clamp_(min=0).mul_(contour).to(it)
+        del side, Zmin, contour
         edge_b = torch.arange(B, device=dev, dtype=it).repeat_interleave(E)
         # Per edge, so that rows only gather: x = ax + (y - ay) * slope along the segment, and for
-        # a horizontal edge (slope 0 here) the x extent of the whole segment.
-        flat = ey == 0
-        slope = torch.where(flat, 0.0, ex / torch.where(flat, 1.0, ey))
-        flat_lo = torch.where(flat, torch.minimum(ax, ax + ex), 1e30)
-        flat_hi = torch.where(flat, torch.maximum(ax, ax + ex), -1e30)
+        # a horizontal edge (slope 0 here) the x extent of the whole segment (a 0/1 factor, not a
+        # where: ~5x cheaper on the CPU).
+        flat = (ey == 0).to(ey.dtype)
+        sloped = 1.0 - flat
+        slope = (ex / (ey + flat)).mul_(sloped)
+        flat_lo = torch.minimum(ax, ax + ex).add_(sloped * 1e30)
+        flat_hi = torch.maximum(ax, ax + ex).sub_(sloped * 1e30)
         inv_ee = 1.0 / (ex * ex + ey * ey).clamp(min=1e-12)
 
         # (edge, row) pairs: the row's pixels within m of the segment lie within m (in x) of the
@@ -406,26 +428,34 @@ def _rasterize_contours(
         row_dx0 = xl - gax
         row_base = _take(edge_b, ge) * HW + y.to(it) * W  # flat index of the row's pixel 0
         row_pix = row_base + xl.to(it)
+        del yl, yh, xa, xb, x_min, x_max, xr
         # An edge with no uncovered pixel in its band can win no uncovered pixel, so is no outline
         # edge and loses both passes everywhere: drop it before expanding (interior folds are
-        # most of the contour edges).  A prefix sum of uncovered pixels counts a row's span.
-        before = torch.zeros(P + 1, dtype=torch.int32, device=dev)  # uncovered pixels before flat pixel p
-        torch.cumsum(~covered, 0, dtype=torch.int32, out=before[1:])
+        # most of the contour edges).  A prefix sum of covered pixels counts a row's span.
+        before = torch.zeros(P + 1, dtype=torch.int32, device=dev)  # covered pixels before flat pixel p
+        torch.cumsum(covered, 0, dtype=torch.int32, out=before[1:])
         p_lo = row_pix.clamp(max=P)  # an empty row may start past the end; its span stays empty
-        seen = (_take(before, (row_pix + cols).clamp_(max=P)) - _take(before, p_lo)) > 0
+        n_cov = _take(before, (row_pix + cols).clamp_(max=P)).sub_(_take(before, p_lo))
+        del before, p_lo
+        seen = (cols - n_cov) > 0
         edge_seen = torch.zeros(B * E, dtype=torch.int32, device=dev)
         edge_seen.scatter_reduce_(0, ge, seen.to(torch.int32), reduce="amax")
-        cols = cols * _take(edge_seen, ge).to(it)
+        cols.mul_(_take(edge_seen, ge).to(it))
+        del n_cov, seen, edge_seen
 
         # (pixel, edge) candidates: squared distance to the segment.
         row_id, c = _expand(cols)
-        dx = _take(row_dx0, row_id) + c.float()
+        pix = _take(row_pix, row_id).add_(c)
+        dx = _take(row_dx0, row_id).add_(c.float())
+        del c
         dy = _take(row_dy, row_id)
         cex, cey = _take(_take(ex, ge), row_id), _take(_take(ey, ge), row_id)
-        sp = ((dx * cex + dy * cey) * _take(_take(inv_ee, ge), row_id)).clamp_(0.0, 1.0)
-        rx, ry = dx - sp * cex, dy - sp * cey
-        d2 = rx * rx + ry * ry
-        pix = _take(row_pix, row_id) + c
+        sp = dx * cex
+        sp += dy * cey
+        sp.mul_(_take(_take(inv_ee, ge), row_id)).clamp_(0.0, 1.0)
+        d2 = dx.sub_(cex.mul_(sp)).square_()
+        d2 += dy.sub_(cey.mul_(sp)).square_()
+        del dx, dy, cex, cey, sp
         cov = _take(covered, pix).to(torch.int64)
         # Keys >= far are candidates at distance >= m, or ones a pass must ignore (OR-ing far into
         # a key makes it >= far); the payload is the candidate's row (rows follow edge order, a
@@ -435,17 +465,28 @@ def _rasterize_contours(
         # keys on covered pixels, pass 2 only on uncovered ones.
         far = _hi(m * m)
         key = _keys(d2, row_id)
-        key_out = key | (cov * far)
-        best = torch.full((P,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=dev)
+        del d2
+        key_out = cov * far
+        key_out |= key
+        best = scratch if scratch is not None else torch.empty(P, dtype=torch.int64, device=dev)
+        best.fill_(torch.iinfo(torch.int64).max)
         best.scatter_reduce_(0, pix, key_out, reduce="amin", include_self=True)
-        won = (_take(best, pix) == key_out) & (key_out < far)
+        won = _take(best, pix) == key_out
+        won &= key_out < far
+        del key_out
         outer_row = torch.zeros(ge.shape[0], dtype=torch.int32, device=dev)
         outer_row.scatter_reduce_(0, row_id, won.to(torch.int32), reduce="amax")
+        del won
         outer = torch.zeros(B * E, dtype=torch.int32, device=dev)
         outer.scatter_reduce_(0, ge, outer_row, reduce="amax")
-        in_ok = cov * _take(_take(outer, ge), row_id).to(torch.int64)  # 1: covered, outline edge
-        best.scatter_reduce_(0, pix, key | ((1 - in_ok) * far), reduce="amin", include_self=True)
-        band = torch.nonzero(best < far).squeeze(1)
+        in_ok = cov.mul_(_take(_take(outer, ge), row_id))  # 1: a covered pixel and an outline edge
+        del row_id
+        key |= in_ok.neg_().add_(1).mul_(far)
+        best.scatter_reduce_(0, pix, key, reduce="amin", include_self=True)
+        del in_ok, key, pix
+        band_mask = best < far
+    band = torch.nonzero(band_mask).squeeze(1)
+    with torch.inference_mode():
         brow = _take(best, band) & _LOW  # the winning row
         band_edge = _take(ge, brow)  # global edge id b * E + e
         inside = _take(covered, band)
