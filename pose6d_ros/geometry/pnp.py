@@ -226,6 +226,7 @@ class _Data(NamedTuple):
     zero: Tensor  # (B, N) zeros
     one: Tensor  # () one
     delta: Optional[float]  # Huber threshold, pixels
+    on_cpu: bool
 
 
 def _linearise(T: Tensor, d: _Data) -> Tuple[Tensor, Tensor, Tensor]:
@@ -234,7 +235,8 @@ def _linearise(T: Tensor, d: _Data) -> Tuple[Tensor, Tensor, Tensor]:
     Residuals ``r = diag(fx, fy) (π(X_c) − x_n)`` are exactly pixel errors for a zero-skew K.
     For a point in Huber's linear zone (``s = ‖r‖ > δ``) the 2x2 curvature of ``ρ(‖r‖)`` is
     ``(δ/s)(I − r̂ r̂ᵀ)``, not IRLS's ``(δ/s) I``; using it keeps Newton-like convergence where
-    IRLS would crawl. That work is skipped when no point of the batch is in the linear zone.
+    IRLS would crawl. On the CPU that work is skipped when no point of the batch is in the
+    linear zone.
 
     One product gives everything: with the per-point rows ``[J̃ | r̃]`` in normalised units
     and weights ``a f²``, ``[J̃ r̃]ᵀ W [J̃ r̃] = [[H, g], [gᵀ, Σ a s²]]``. In the solver's
@@ -258,7 +260,8 @@ def _linearise(T: Tensor, d: _Data) -> Tuple[Tensor, Tensor, Tensor]:
     JT = torch.stack((xy, pp1[:, 1], pp1[:, 0], xy, y.neg(), x, izs, d.zero, d.zero, izs, piz[:, 0], piz[:, 1],
                       rt[:, 0], rt[:, 1]), 1).view(B, 7, 2 * N)
     delta = d.delta
-    if delta is None or not bool((s2 > delta * delta).any()):
+    # The check costs a device sync: on CUDA the Huber terms are always computed.
+    if delta is None or (d.on_cpu and not bool((s2 > delta * delta).any())):
         M = torch.bmm(JT * d.wf2, JT.mT)
         cost2 = M[:, 6, 6]
     else:
@@ -313,7 +316,8 @@ def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Tensor, ite
 
     # Levenberg–Marquardt, fully batched: a rejected step keeps the previous state and raises
     # the damping; no per-problem control flow.
-    data = _Data(Xh, xn, f2, w, (w[:, None] * f2).reshape(B, 1, 2 * N), torch.zeros_like(w), k.one, huber_delta)
+    data = _Data(Xh, xn, f2, w, (w[:, None] * f2).reshape(B, 1, 2 * N), torch.zeros_like(w), k.one, huber_delta,
+                 device.type == "cpu")
     M, cost, g2 = _linearise(T, data)
     lam = torch.full((B, 1), 1e-3, dtype=dtype, device=device)
     one_plus_slack = 1 + 1000 * N * torch.finfo(dtype).eps
