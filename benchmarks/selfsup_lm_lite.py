@@ -51,6 +51,7 @@ ABLATIONS = {
     "no L_pose2": {"use_pose2": False},
     "no synthetic L_sup": {"use_sup_synthetic": False, "use_sup_render": False},
     "no grad through PnP": {"grad_through_pnp": False},
+    "+ L_box + silhouette L_percep (ours)": {"use_box": True, "percep_region": "silhouette"},
 }
 
 

@@ -62,6 +62,7 @@ DEFAULTS: Dict[str, Any] = {
         "use_mask": True,  # False = x_m is the raw crop (ablation "no masking")
         "use_occlusion": True,
         "use_box": False,  # ours: L_box, h1's 2D scale/position pinned to the detection box
+        "percep_region": "crop",  # ours: crop (paper) | silhouette (L_percep averaged over m1: no size bias)
         "occlusion_patches": {"min_patches": 0, "max_patches": 3, "min_size": 0.1, "max_size": 0.4},
         "render": {"max_faces": 2000, "sigma": 0.7},  # in-loop soft renderer (mesh decimated above max_faces)
         "fuse_forward": True,  # h2, h3 and Φ(x_g) in one forward pass

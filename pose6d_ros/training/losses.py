@@ -160,6 +160,7 @@ def perceptual_distance(
     feats_a: Sequence[torch.Tensor],
     feats_b: Sequence[torch.Tensor],
     weight: Optional[torch.Tensor] = None,
+    region: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """L_percep (Eq. 3's fourth term), LPIPS-style without learned channel weights.
 
@@ -172,6 +173,11 @@ def perceptual_distance(
         feats_a: per layer ``(B, C_l, H_l, W_l)`` features of the rendered crop.
         feats_b: the same layers for the masked real crop.
         weight: optional ``(B,)``.
+        region: optional ``(B, 1, H, W)`` pixel weights in ``[0, 1]`` (e.g. the silhouette m1,
+            detached inside): the pixel average becomes ``Σ r d / Σ r`` with ``r`` area-resized to
+            each layer. Why: with a whole-crop mean, a render whose appearance differs from the real
+            object scores better the smaller it is (fewer differing pixels), which drives the pose
+            away; a mean over the silhouette has no such size bias (RESULTS.md, self-supervised).
 
     Returns:
         scalar tensor.
@@ -183,7 +189,11 @@ def perceptual_distance(
         if fa.shape != fb.shape or fa.dim() != 4:
             raise ValueError(f"perceptual_distance: layer {i} shapes {tuple(fa.shape)} vs {tuple(fb.shape)}")
         d = (_unit_normalise(fa) - _unit_normalise(fb)).pow(2).sum(dim=1)  # (B, H, W)
-        per_layer.append(d.flatten(1).mean(dim=1))
+        if region is None:
+            per_layer.append(d.flatten(1).mean(dim=1))
+        else:
+            r = torch.nn.functional.adaptive_avg_pool2d(region.detach().to(d.dtype), d.shape[-2:])[:, 0]
+            per_layer.append((r * d).flatten(1).sum(dim=1) / r.flatten(1).sum(dim=1).clamp_min(1e-6))
     per_sample = torch.stack(per_layer, dim=0).mean(dim=0)
     return _weighted_mean(per_sample, weight)
 

@@ -58,6 +58,8 @@ class SelfSupSettings:
     use_occlusion: bool = True
     # ours: L_box pins h1's 2D scale/position to the detection box (losses.box_consistency)
     use_box: bool = False
+    # ours: "crop" = L_percep averaged over the crop (paper); "silhouette" = over m1 (no size bias)
+    percep_region: str = "crop"
     background: str = "constant"
     background_value: float = 0.5
     grad_through_mask: bool = True
@@ -171,6 +173,11 @@ class SelfSupStep:
             pnp = self.pnp_fn(uv1, kp3, K.float())
             R1, t1 = pnp.R, pnp.t
             valid = torch.isfinite(R1).flatten(1).all(1) & torch.isfinite(t1).all(1)
+            # L_box keeps pulling samples that left the depth range / residual bound back: only a
+            # failed or non-finite PnP has no pose to measure
+            solved = valid & ~pnp.failed
+            R_solved = torch.where(solved[:, None, None], R1, torch.eye(3, dtype=R1.dtype, device=R1.device)).detach()
+            t_solved = torch.where(solved[:, None], t1, t1.new_tensor([0.0, 0.0, 1.0])).detach()
             if s.reject_failed_pnp:
                 valid &= ~pnp.failed
                 valid &= (t1[:, 2] > s.depth_range[0]) & (t1[:, 2] < s.depth_range[1])
@@ -190,7 +197,7 @@ class SelfSupStep:
                 if "box" not in real:
                     raise KeyError("SelfSupStep: use_box needs batch['real']['box'] (detection box, crop px)")
                 pts = self.extent_points.to(device=x_r.device, dtype=torch.float32)[obj]
-                ext = project_points(pts, R1.detach(), t1.detach(), Kf)  # (B, P, 2) px
+                ext = project_points(pts, R_solved, t_solved, K.float())  # (B, P, 2) px
                 pose_box = pixels_to_normalized(torch.stack((ext.amin(1), ext.amax(1)), 1), S).reshape(B, 4)
                 det_box = pixels_to_normalized(real["box"].float().reshape(B, 2, 2), S).reshape(B, 4)
         m_mask = m1 if s.grad_through_mask else m1.detach()
@@ -239,9 +246,12 @@ class SelfSupStep:
                 h3_label if s.use_sup_render else None,
                 outs.get("hg"), syn["keypoints"] if syn is not None else None, d, w)
         if pose_box is not None:
-            parts["box"] = L.box_consistency(h1, pose_box, det_box, d, w)
+            parts["box"] = L.box_consistency(h1, pose_box, det_box, d, solved.to(h1.dtype))
         if s.use_percep:
-            parts["percep"] = L.perceptual_distance(self.perceptual(r1), self.perceptual(x_m), w)
+            if s.percep_region not in ("crop", "silhouette"):
+                raise ValueError(f"selfsup.percep_region must be 'crop' or 'silhouette', got {s.percep_region!r}")
+            region = m1 if s.percep_region == "silhouette" else None
+            parts["percep"] = L.perceptual_distance(self.perceptual(r1), self.perceptual(x_m), w, region)
         total = L.total_loss(parts, s.weights)  # Eq. 3
         losses = {**parts, "total": total}
 

@@ -67,6 +67,16 @@ def test_perceptual_hand_value():
     assert L.perceptual_distance([fa, fa], [fb, fa]).item() == pytest.approx(0.5, rel=1e-6)
     # scale invariance per pixel (the LPIPS normalisation)
     assert L.perceptual_distance([fa * 7], [fb]).item() == pytest.approx(1.0, rel=1e-6)
+    # region-weighted mean: pixel weights (0.25, 0.75) -> (0.25 * 2 + 0.75 * 0) / 1 = 0.5; a region
+    # on pixel 0 only -> 2 whatever its size (the silhouette mean has no size bias)
+    r = torch.tensor([[[[0.25, 0.75]]]])
+    assert L.perceptual_distance([fa], [fb], region=r).item() == pytest.approx(0.5, rel=1e-6)
+    for w0 in (1.0, 0.1):
+        r0 = torch.tensor([[[[w0, 0.0]]]])
+        assert L.perceptual_distance([fa], [fb], region=r0).item() == pytest.approx(2.0, rel=1e-6)
+    # the region is resized to the layer: a 1x4 region over a 1x2 layer averages pairs
+    r4 = torch.tensor([[[[0.5, 0.0, 0.25, 0.25]]]])  # -> (0.25, 0.25): equal weights -> 1.0
+    assert L.perceptual_distance([fa], [fb], region=r4).item() == pytest.approx(1.0, rel=1e-6)
 
 
 def test_mask_blend_hand_value():
