@@ -132,6 +132,7 @@ class _Constants:
     dummy_2d: Tensor  # (N, 2) their exact projection at R = I, t = (0, 0, 1), K = I
     eye2: Tensor
     eye3: Tensor
+    eye6: Tensor
     eye2_blocks: Tensor  # (1, 2, 1, 2, 1): spreads [X, 1] onto the u rows then the v rows
     skew: Tensor  # (3, 9): vec([ω]x) = sol[:3] @ skew (ω = -sol[:3] with ω_x negated)
     step_sign: Tensor  # (3,): translation step from the solution (t_z negated, and -step)
@@ -153,7 +154,7 @@ def _constants(N: int, dtype: torch.dtype, device: torch.device) -> _Constants:
         d2 = d3[:, :2] / (d3[:, 2:] + 1)
         eye2 = torch.eye(2, **kw)
         return _Constants(
-            dummy_3d=d3, dummy_2d=d2, eye2=eye2, eye3=torch.eye(3, **kw), eye2_blocks=eye2.view(1, 2, 1, 2, 1),
+            dummy_3d=d3, dummy_2d=d2, eye2=eye2, eye3=torch.eye(3, **kw), eye6=torch.eye(6, **kw), eye2_blocks=eye2.view(1, 2, 1, 2, 1),
             skew=(torch.tensor(_SKEW, **kw) * torch.tensor([1.0, -1.0, -1.0], **kw)).T.contiguous(),
             step_sign=torch.tensor([-1.0, -1.0, 1.0], **kw), lm_down=torch.tensor(0.1, **kw),
             lm_up=torch.tensor(10.0, **kw),
@@ -188,7 +189,7 @@ def _dlt(xn: Tensor, Xs: Tensor, Xh: Tensor, wn: Tensor, m2: Tensor, f2: Tensor,
     """
     B, N = xn.shape[0], xn.shape[2]
     ray = torch.cat((m2[..., 0], k.one.expand(B, 1)), 1)
-    a = ray / ray.norm(dim=1, keepdim=True)
+    a = ray / torch.linalg.vector_norm(ray, dim=1, keepdim=True)
     axy = a[:, :2, None]
     # Rotation taking a to e_z: I + [v]x + [v]x^2 / (1 + a_z), v = a x e_z, written out.
     top = k.eye2 - (axy * axy.mT) / (1 + a[:, 2, None, None])
@@ -201,10 +202,10 @@ def _dlt(xn: Tensor, Xs: Tensor, Xh: Tensor, wn: Tensor, m2: Tensor, f2: Tensor,
     G = torch.bmm((A * wn[:, :, None]).view(B, 12, 2 * N), A.view(B, 12, 2 * N).mT)
     p, _ = torch.linalg.solve_ex(G[:, :11, :11], G[:, :11, 11:])
     P = torch.cat((p[..., 0], k.one.expand(B, 1)), 1).view(B, 3, 4)
-    nab = P[:, :2, :3].norm(dim=2, keepdim=True)
+    nab = torch.linalg.vector_norm(P[:, :2, :3], dim=2, keepdim=True)
     ab = P[:, :2, :3] / nab
     cd = torch.stack((ab[:, 0] + ab[:, 1], ab[:, 0] - ab[:, 1]), 1)
-    cd = cd * (math.sqrt(0.5) / cd.norm(dim=2, keepdim=True))
+    cd = cd * (math.sqrt(0.5) / torch.linalg.vector_norm(cd, dim=2, keepdim=True))
     r1, r2 = cd[:, 0] + cd[:, 1], cd[:, 0] - cd[:, 1]
     r3 = torch.linalg.cross(r1, r2)
     reversed_ = torch.linalg.vecdot(P[:, 2, :3], r3) < 0
@@ -319,13 +320,14 @@ def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Tensor, ite
     data = _Data(Xh, xn, f2, w, (w[:, None] * f2).reshape(B, 1, 2 * N), torch.zeros_like(w), k.one, huber_delta,
                  device.type == "cpu")
     M, cost, g2 = _linearise(T, data)
-    lam = torch.full((B, 1), 1e-3, dtype=dtype, device=device)
+    lam = torch.full((B, 1, 1), 1e-3, dtype=dtype, device=device)
     one_plus_slack = 1 + 1000 * N * torch.finfo(dtype).eps
     iters = 0
     for iters in range(1, iterations + 1):
+        # Marquardt's damping, H + λ diag(H). A singular system gives a non-finite step, whose
+        # cost is NaN: rejected below.
         H = M[:, :6, :6]
-        Hd = H + torch.diag_embed((H.diagonal(dim1=1, dim2=2) + 1e-12) * lam)
-        # A singular system gives a non-finite step, whose cost is NaN: rejected below.
+        Hd = torch.addcmul(H, H, lam * k.eye6)
         sol = torch.linalg.solve_ex(Hd, M[:, :6, 6:])[0][..., 0]
         # Cayley retraction dR = I + (S + S²/2) / (1 + θ²/4), S = [ω]x: a rotation, second-order
         # equal to exp(S), with no trigonometry or small-angle branch. The step is -sol with
@@ -338,15 +340,14 @@ def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Tensor, ite
         Mn, cn, gn2 = _linearise(Tn, data)
         # Near the optimum cost differences drown in rounding and the last, tiny Gauss-Newton
         # steps would be rejected ~sqrt(eps) short of it: accept a cost tie if the gradient shrinks.
-        better = (cn < cost) | ((cn <= cost * one_plus_slack) & (gn2 < g2))
-        b1 = better[:, None]
-        b3 = b1[..., None]
+        better = cn < torch.where(gn2 < g2, cost * one_plus_slack, cost)
+        b3 = better[:, None, None]
         T = torch.where(b3, Tn, T)
         M = torch.where(b3, Mn, M)
         cost = torch.where(better, cn, cost)
         g2 = torch.where(better, gn2, g2)
-        lam = lam * torch.where(b1, k.lm_down, k.lm_up)
-        if tol > 0 and iters < iterations and bool(sol.abs().amax() < tol):
+        lam = lam * torch.where(b3, k.lm_down, k.lm_up)
+        if tol > 0 and iters < iterations and float(sol.abs().max()) < tol:
             break
 
     # Back to the caller's model frame: x_cam = s (R Xs + t) = R X + (s t - R c).
