@@ -432,7 +432,12 @@ def _rasterize_contours(
         # An edge with no uncovered pixel in its band can win no uncovered pixel, so is no outline
         # edge and loses both passes everywhere: drop it before expanding (interior folds are
         # most of the contour edges).  A prefix sum of covered pixels counts a row's span.
-        before = torch.zeros(P + 1, dtype=torch.int32, device=dev)  # covered pixels before flat pixel p
+        if scratch is None:
+            scratch = torch.empty(P, dtype=torch.int64, device=dev)
+        # Covered pixels before flat pixel p, in the scratch buffer's memory (fresh pages cost a
+        # page fault each).
+        before = scratch.view(torch.int32)[: P + 1]
+        before[0] = 0
         torch.cumsum(covered, 0, dtype=torch.int32, out=before[1:])
         p_lo = row_pix.clamp(max=P)  # an empty row may start past the end; its span stays empty
         n_cov = _take(before, (row_pix + cols).clamp_(max=P)).sub_(_take(before, p_lo))
@@ -468,7 +473,7 @@ def _rasterize_contours(
         del d2
         key_out = cov * far
         key_out |= key
-        best = scratch if scratch is not None else torch.empty(P, dtype=torch.int64, device=dev)
+        best = scratch
         best.fill_(torch.iinfo(torch.int64).max)
         best.scatter_reduce_(0, pix, key_out, reduce="amin", include_self=True)
         won = _take(best, pix) == key_out

@@ -119,12 +119,15 @@ def shade_vertices(
     if not settings.shading:
         return colors
     facing = (normals * points).sum(-1, keepdim=True)
-    n = torch.where(facing > 0, -normals, normals)
-    light = torch.tensor(settings.light_direction, dtype=points.dtype, device=points.device)
-    light = light / light.norm()
-    lambert = (-(n * light).sum(-1, keepdim=True)).clamp(min=0.0)
-    lc = torch.tensor(settings.light_color, dtype=points.dtype, device=points.device)
-    return colors * (settings.ambient + settings.diffuse * lambert) * lc
+    norm = math.sqrt(sum(c * c for c in settings.light_direction))
+    light = torch.tensor([c / norm for c in settings.light_direction], dtype=points.dtype, device=points.device)
+    # Lambert term -n.l with n the normal turned to the camera: n = -normal where facing > 0.
+    ndl = (normals * light).sum(-1, keepdim=True)
+    lambert = torch.where(facing > 0, ndl, -ndl).clamp_(min=0.0)
+    out = colors * (settings.ambient + settings.diffuse * lambert)
+    if any(c != 1.0 for c in settings.light_color):
+        out = out * torch.tensor(settings.light_color, dtype=points.dtype, device=points.device)
+    return out
 
 
 def _planar(pix: torch.Tensor, batch: torch.Tensor, channels: int, hw: int) -> torch.Tensor:
