@@ -113,9 +113,10 @@ def macs_per_crop(net: PoseNet) -> int:
     return total[0]
 
 
-def sgemm_gflops(n: int = 1024, reps: int = 5) -> float:
-    """Float32 matrix-product throughput of torch on this CPU and thread count: the practical FMA peak
-    the fp32 convolutions of both backends are bounded by."""
+def sgemm_gflops(n: int = 2048, reps: int = 3) -> float:
+    """Float32 matrix-product throughput of torch on this CPU and thread count: a same-run reference
+    for the fp32 FMA throughput the convolutions of both backends can reach (ONNX Runtime's NCHWc
+    convolutions reach or pass it)."""
     a, b = torch.rand(n, n), torch.rand(n, n)
     a @ b
     t0 = time.perf_counter()
