@@ -347,7 +347,7 @@ def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Tensor, ite
         cost = torch.where(better, cn, cost)
         g2 = torch.where(better, gn2, g2)
         lam = lam * torch.where(b3, k.lm_down, k.lm_up)
-        if tol > 0 and iters < iterations and float(sol.abs().max()) < tol:
+        if tol > 0 and iters < iterations and bool((sol.abs() < tol).all()):
             break
 
     # Back to the caller's model frame: x_cam = s (R Xs + t) = R X + (s t - R c).

@@ -171,6 +171,10 @@ class TestFailures:
         assert res.failed.all()
         assert torch.isfinite(res.R).all() and torch.isfinite(res.t).all()
 
+    def test_empty_batch(self):
+        res = solve_pnp(torch.zeros(0, 9, 2), torch.rand(9, 3), torch.eye(3).expand(0, 3, 3))
+        assert res.R.shape == (0, 3, 3) and res.t.shape == (0, 3) and res.failed.shape == (0,)
+
     def test_exceptions(self):
         with pytest.raises(ValueError, match="N >= 6"):
             solve_pnp(torch.zeros(1, 4, 2), torch.zeros(4, 3), torch.eye(3)[None])
