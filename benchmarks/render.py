@@ -98,7 +98,10 @@ def main() -> None:
     mb = pack_meshes([mesh])
     B = args.batch
     Rn, tn = poses(B)
-    print(f"mesh: bunny, {mesh.num_faces} faces; batch {B}; torch threads {args.threads}; torch {torch.__version__}")
+    print(f"mesh: bunny, {mesh.num_faces} faces; batch {B}; torch threads {args.threads}; torch {torch.__version__}; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print("ours times RGB + soft silhouette + depth in one call (RenderSettings(), soft mode); backward of "
+          "rgb.sum() + silhouette.sum() w.r.t. R and t")
     print("size  | ours fwd ms/img | DEODR fwd ms/img | ratio | ours fwd+bwd ms/img | DEODR fwd+bwd ms/img | ratio")
     for size in (128, 64):
         K = torch.tensor(intrinsics(size), dtype=torch.float32).expand(B, 3, 3).contiguous()
@@ -139,6 +142,7 @@ def main() -> None:
             f"{size:3d}^2 | {med['of']:15.2f} | {med['df']:16.2f} | {med['of'] / med['df']:5.2f} | "
             f"{med['ob']:19.2f} | {med['db']:20.2f} | {med['ob'] / med['db']:5.2f}"
         )
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -354,6 +354,32 @@ def _edge_topology(vertices: torch.Tensor, faces: torch.Tensor) -> Tuple[torch.T
     )
 
 
+def _closed_orientation(vertices: torch.Tensor, faces: torch.Tensor) -> int:
+    """+1 (-1) if the mesh is closed and consistently oriented with outward (inward) face normals,
+    0 otherwise.
+
+    Closed and consistent: after welding coincident vertices, every directed half-edge occurs once
+    and so does its reverse, so every edge joins exactly two faces that traverse it in opposite
+    directions.  Such a surface bounds a volume, whose sign gives the orientation.
+    """
+    if faces.shape[0] == 0:
+        return 0
+    v = vertices.double().numpy()
+    _, weld = np.unique(v.round(9), axis=0, return_inverse=True)
+    weld = weld.reshape(-1)
+    f = weld[faces.numpy()]
+    n = int(weld.max()) + 1
+    he = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    if np.any(he[:, 0] == he[:, 1]):
+        return 0
+    code = he[:, 0].astype(np.int64) * n + he[:, 1]
+    if len(np.unique(code)) != len(code) or not np.isin(he[:, 1].astype(np.int64) * n + he[:, 0], code).all():
+        return 0
+    p = v[faces.numpy()]
+    volume = float(np.einsum("ij,ij->i", p[:, 0], np.cross(p[:, 1], p[:, 2])).sum())
+    return int(np.sign(volume))
+
+
 @dataclass(frozen=True)
 class MeshBatch:
     """Several meshes packed into padded tensors, indexed by object index ``0..M-1``.
@@ -373,6 +399,9 @@ class MeshBatch:
         edge_valid: ``(M, Emax)`` bool.
         num_vertices, num_faces: ``(M,)`` int64.
         names: mesh names, in index order.
+        closed_sign: ``(M,)`` +1 / -1 for a closed mesh with outward / inward face winding, 0 for
+            an open one (the renderer skips back faces of closed meshes, which never show).
+        bounds: ``(M, 2, 3)`` axis-aligned box (min, max) of each mesh's vertices.
     """
 
     vertices: torch.Tensor
@@ -386,6 +415,8 @@ class MeshBatch:
     num_vertices: torch.Tensor
     num_faces: torch.Tensor
     names: Tuple[str, ...]
+    closed_sign: Optional[torch.Tensor] = None
+    bounds: Optional[torch.Tensor] = None
     _cache: Dict[Tuple[str, str], "MeshBatch"] = field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
@@ -415,6 +446,8 @@ class MeshBatch:
                 num_vertices=self.num_vertices.to(device),
                 num_faces=self.num_faces.to(device),
                 names=self.names,
+                closed_sign=None if self.closed_sign is None else self.closed_sign.to(device, dtype),
+                bounds=None if self.bounds is None else self.bounds.to(device, dtype),
             )
             self._cache[key] = hit
         return hit
@@ -463,5 +496,14 @@ def pack_meshes(
         num_vertices=torch.tensor([x.num_vertices for x in meshes], dtype=torch.int64),
         num_faces=torch.tensor([x.num_faces for x in meshes], dtype=torch.int64),
         names=tuple(x.name for x in meshes),
+        closed_sign=torch.tensor([float(_closed_orientation(x.vertices, x.faces)) for x in meshes]),
+        bounds=torch.stack(
+            [
+                torch.stack([x.vertices.float().amin(0), x.vertices.float().amax(0)])
+                if x.num_vertices
+                else torch.zeros(2, 3)
+                for x in meshes
+            ]
+        ),
     )
     return batch.to(device, dtype)

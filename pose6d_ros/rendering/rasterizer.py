@@ -184,8 +184,13 @@ def _rasterize_faces(
     face_valid: torch.Tensor,
     size: Tuple[int, int],
     znear: float = 1e-3,
+    cull: Optional[torch.Tensor] = None,
 ) -> Tuple[Fragments, _FaceExtras]:
-    """:func:`rasterize_faces`, plus :class:`_FaceExtras` for the shaders."""
+    """:func:`rasterize_faces`, plus :class:`_FaceExtras` for the shaders.
+
+    ``cull (B,)``: drop the faces whose screen-space signed area has this item's sign (0: keep
+    all); the caller passes the back-face sign for closed meshes seen from outside.
+    """
     B, V = uv.shape[:2]
     F = faces.shape[1]
     H, W = size
@@ -222,13 +227,15 @@ def _rasterize_faces(
         ok = face_valid.reshape(-1) & (Z.amin(0) > znear) & (area.abs() > 1e-9)
         ok &= X.amax(0) >= 0
         ok &= X.amin(0) <= W - 1
+        face_b = torch.arange(B, device=dev, dtype=it).repeat_interleave(F)
+        if cull is not None:
+            ok &= area * _take(cull.detach().float(), face_b) <= 0
         rows = (ymax - ymin + 1).clamp_(min=0).mul_(ok).to(it)
         # Inverse depth is affine over the triangle: 1/z = pa * x + pb * y + pc.
         ia = 1.0 / (sgn * area).clamp(min=1e-12)
         nia = -ia
         pa, pb, pc = ((q[0] + q[1] + q[2]) * f for q, f in ((A / Z, ia), (nB / Z, nia), (nC / Z, nia)))
 
-        face_b = torch.arange(B, device=dev, dtype=it).repeat_interleave(F)
         face_row0 = face_b * HW + ymin.to(it) * W
         # Row span: e_k >= 0 <=> x >= bound_k (A_k > 0) or x <= bound_k (A_k < 0), with bound_k =
         # -(B_k y + C_k) / A_k (a horizontal edge, A_k = 0, holds on every row of the face).  Each

@@ -253,3 +253,16 @@ def test_pytorch3d_backend_skips_cleanly():
     ref = render(mb, torch.zeros(1, dtype=torch.long), torch.eye(3)[None], torch.tensor([[0, 0, 0.5]]), K, (24, 28),
                  RenderSettings(hard=True))
     assert (o.silhouette > 0.5).eq(ref.silhouette > 0.5).float().mean() > 0.98
+
+
+def test_camera_inside_a_closed_mesh_sees_its_walls():
+    # Back faces of closed meshes are skipped only when the camera is outside: from the centre of a
+    # 1 m cube every ray meets the wall at z = 0.5 (|x/z|, |y/z| <= 0.16 here), a back face.
+    box = trimesh.creation.box((1.0, 1.0, 1.0))
+    mb = pack_meshes([Mesh.from_arrays(np.asarray(box.vertices), np.asarray(box.faces))])
+    assert float(mb.closed_sign[0]) == 1.0
+    K = torch.tensor([[100.0, 0.0, 15.5], [0.0, 100.0, 15.5], [0.0, 0.0, 1.0]])[None]
+    out = render(mb, torch.zeros(1, dtype=torch.long), torch.eye(3)[None], torch.zeros(1, 3), K, (32, 32),
+                 RenderSettings(hard=True))
+    assert bool((out.silhouette == 1).all())
+    assert torch.allclose(out.depth, torch.full_like(out.depth, 0.5), atol=1e-5)

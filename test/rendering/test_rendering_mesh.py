@@ -89,3 +89,16 @@ def test_pack_meshes_pads_and_finds_edges():
     v, n = mb.vertices[0, :8], mb.vertex_normals[0, :8]
     assert bool(((v * n).sum(-1) > 0).all())
     assert mb.to("cpu", torch.float64) is mb.to("cpu", torch.float64)
+
+
+def test_closed_sign_tells_closed_outward_inward_and_open_meshes():
+    box = trimesh.creation.box((0.02, 0.04, 0.06))  # closed, outward winding
+    v, f = np.asarray(box.vertices), np.asarray(box.faces)
+    meshes = [
+        Mesh.from_arrays(v, f),
+        Mesh.from_arrays(v, f[:, ::-1].copy()),  # inward winding
+        Mesh.from_arrays(v, f[1:]),  # one triangle missing: open
+    ]
+    mb = pack_meshes(meshes)
+    assert mb.closed_sign.tolist() == [1.0, -1.0, 0.0]
+    assert torch.allclose(mb.bounds[0], torch.tensor([[-0.01, -0.02, -0.03], [0.01, 0.02, 0.03]]))
