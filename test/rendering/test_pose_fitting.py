@@ -65,10 +65,12 @@ def test_silhouette_fitting_recovers_pose_from_pyrender_targets():
     opt = torch.optim.Adam([{"params": [w], "lr": 0.01}, {"params": [t], "lr": 0.002}])
     idx = torch.arange(B)
     Kt = torch.tensor(K, dtype=torch.float32).expand(B, 3, 3)
-    steps = 300
+    # Converged by 200 steps: 300 steps ended within 0.03 deg / 0.03 mm of the same errors
+    # (duck 1.7 deg / 3.3 mm, bunny 0.4 / 0.5, lego 0.6 / 1.1).
+    steps = 200
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for it in range(steps):
-        sigma = 2.0 if it < 100 else 0.7
+        sigma = 2.0 if it < steps // 3 else 0.7
         out = render(fit_meshes, idx, _rodrigues(w) @ R0, t, Kt, (S, S), RenderSettings(sigma=sigma))
         loss = ((out.silhouette - target) ** 2).sum()
         opt.zero_grad()
