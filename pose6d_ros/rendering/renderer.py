@@ -258,10 +258,11 @@ def render(
     # Colours are kept planar, (3, .), the layout of the (B, 3, H, W) image, so painting is 1-D.
     cplanar = colors.reshape(-1, 3).t().contiguous()  # (3, B * V)
     # Gouraud: the three vertex colours of each covered pixel's face, weighted by its barycentrics.
-    fv, bary = fx.fv, fx.bary
-    face_rgb = _columns(cplanar, fv[0]) * bary[0]
-    face_rgb = torch.addcmul(face_rgb, _columns(cplanar, fv[1]), bary[1])
-    face_rgb = torch.addcmul(face_rgb, _columns(cplanar, fv[2]), bary[2])  # (3, N)
+    bary = fx.bary
+    corner_rgb = _columns(cplanar, torch.cat(fx.fv)).view(3, 3, -1)  # (channel, corner, N), one gather
+    face_rgb = corner_rgb[:, 0] * bary[0]
+    face_rgb = torch.addcmul(face_rgb, corner_rgb[:, 1], bary[1])
+    face_rgb = torch.addcmul(face_rgb, corner_rgb[:, 2], bary[2])  # (3, N)
     depth = _paint(_canvas((0.0,), B, (H, W), frags.zbuf), frags.pix[None], frags.zbuf[None])
     rgb = _paint(_canvas(settings.background, B, (H, W), face_rgb), _planar(frags.pix, fx.batch, 3, HW), face_rgb)
     sil = _canvas((0.0,), B, (H, W), frags.zbuf)
@@ -286,7 +287,8 @@ def render(
         # Inner band pixels keep their face colour (read back from the solid paint); outer ones
         # (no face) take the colour of the nearest outline point.  A lerp by a 0/1 weight picks
         # one side exactly and routes the gradient like a where (~20x slower on the CPU).
-        band_rgb = torch.lerp(_columns(cplanar, cx.ev[0]), _columns(cplanar, cx.ev[1]), contours.s[None])
+        end_rgb = _columns(cplanar, torch.cat(cx.ev)).view(3, 2, -1)  # (channel, edge end, M)
+        band_rgb = torch.lerp(end_rgb[:, 0], end_rgb[:, 1], contours.s[None])
         face_side = rgb.view(-1).index_select(0, band_index.reshape(-1)).view(3, -1)
         band_rgb = torch.lerp(band_rgb, face_side, cx.inside.to(dtype)[None])
         bg = torch.tensor(settings.background, dtype=dtype, device=dev)[:, None]
