@@ -15,6 +15,7 @@ rescale the bounding box", Sec. 4): :func:`jitter_boxes`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
@@ -157,16 +158,27 @@ def jitter_boxes(
     return torch.cat((c - half, c + half), dim=1)
 
 
-def _to_normalized_matrix(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
-    """``(3, 3)`` map pixel -> ``grid_sample`` normalised coordinate, ``n = (u + 0.5) * 2 / W - 1``."""
-    return like.new_tensor([[2.0 / w, 0.0, 1.0 / w - 1.0], [0.0, 2.0 / h, 1.0 / h - 1.0], [0.0, 0.0, 1.0]])
+@functools.lru_cache(maxsize=32)
+def _crop_pixel_centres(hc: int, wc: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(Hc, Wc, 2)`` crop pixel centres as fractions of the crop, ``((j + 0.5) / Wc, (i + 0.5) / Hc)``.
+
+    Constant per crop size: cached, so that a frame's handful of windows does not rebuild it. Callers
+    must not modify it in place.
+    """
+    xs = (torch.arange(wc, dtype=torch.float64) + 0.5) / wc
+    ys = (torch.arange(hc, dtype=torch.float64) + 0.5) / hc
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack((gx, gy), dim=-1).to(device, dtype)
 
 
 def crop_grid(windows: torch.Tensor, image_hw: Tuple[int, int], size: Union[int, Tuple[int, int]]) -> torch.Tensor:
     """The ``grid_sample`` grid that resamples ``windows`` of an image to ``size`` crops.
 
-    Built from the inverse of :func:`~pose6d_ros.geometry.camera.crop_affine`, so it follows the
-    crop convention exactly.
+    Follows the crop convention of :func:`~pose6d_ros.geometry.camera.crop_affine` exactly: crop pixel
+    ``(j, i)`` reads image point ``u = x0 + (j + 0.5) (x1 - x0) / Wc`` (its inverse, conventions.md),
+    whose ``grid_sample`` coordinate (``align_corners=False``) is ``(u + 0.5) * 2 / W - 1``. The map is
+    axis-aligned, so the grid is one scale and offset per window and axis applied to a cached grid of
+    crop pixel centres.
 
     Args:
         windows: ``(N, 4)`` crop windows.
@@ -178,19 +190,13 @@ def crop_grid(windows: torch.Tensor, image_hw: Tuple[int, int], size: Union[int,
     """
     check_shape(windows, ("N", 4), "windows")
     hc, wc = (size, size) if isinstance(size, int) else size
-    A2 = crop_affine(windows, (hc, wc))
-    A = torch.cat((A2, A2.new_tensor([0.0, 0.0, 1.0]).expand(A2.shape[0], 1, 3)), dim=1)
-    # crop-normalised -> crop px -> image px -> image-normalised
-    theta = (
-        _to_normalized_matrix(image_hw[0], image_hw[1], A)
-        @ torch.linalg.inv(A)
-        @ torch.linalg.inv(_to_normalized_matrix(hc, wc, A))
-    )
-    ys = (torch.arange(hc, device=windows.device, dtype=windows.dtype) + 0.5) * 2 / hc - 1
-    xs = (torch.arange(wc, device=windows.device, dtype=windows.dtype) + 0.5) * 2 / wc - 1
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    pts = torch.stack((gx, gy, torch.ones_like(gx)), dim=-1)  # (Hc, Wc, 3)
-    return torch.einsum("nij,hwj->nhwi", theta[:, :2, :], pts)
+    h, w = image_hw
+    to_normalized = windows.new_tensor((2.0 / w, 2.0 / h))
+    lo = windows[:, :2]
+    scale = (windows[:, 2:] - lo) * to_normalized  # (N, 2)
+    offset = (lo + 0.5) * to_normalized - 1.0  # (N, 2)
+    centres = _crop_pixel_centres(int(hc), int(wc), windows.dtype, windows.device)
+    return torch.addcmul(offset[:, None, None, :], centres, scale[:, None, None, :])
 
 
 def crop_images(

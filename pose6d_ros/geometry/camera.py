@@ -8,7 +8,7 @@ keypoints in normalised crop coordinates (``grid_sample(align_corners=False)``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -144,23 +144,30 @@ def distort_points(xy: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
     return torch.stack((xd, yd), dim=-1)
 
 
-def undistort_points(uv: torch.Tensor, K: torch.Tensor, D: torch.Tensor,
-                     iterations: int = 20) -> torch.Tensor:
+def undistort_points(uv: torch.Tensor, K: torch.Tensor, D: torch.Tensor, iterations: int = 20,
+                     tol: Optional[float] = None, check_every: int = 4) -> torch.Tensor:
     """Map distorted pixels to the pixels of the ideal pinhole camera with the same ``K``.
 
     The same fixed-point iteration as ``cv::undistortPoints`` (with ``P = K``), batched; OpenCV's
-    default stops after 5 iterations, we run ``iterations`` (20 reach float64 precision for usual
-    lenses). Where OpenCV's iteration would divide by a non-positive radial factor, the point is
-    returned unchanged, as OpenCV does.
+    default stops after 5 iterations, we run up to ``iterations`` (20 reach float64 precision for
+    usual lenses) and stop earlier once converged: every ``check_every`` iterations, if the last
+    iteration moved no point by more than ``tol`` (normalised coordinates). Where OpenCV's iteration
+    would divide by a non-positive radial factor, the point is returned unchanged, as OpenCV does.
+    A batch row whose coefficients are all zero is returned as given (the identity), without
+    iterating.
 
     Args:
         uv: ``(B, N, 2)`` distorted pixel coordinates.
         K: ``(B, 3, 3)`` intrinsics.
         D: ``(B, M)`` coefficients ``k1, k2, p1, p2[, k3[, k4, k5, k6]]``, ``M`` in ``{0, 4, 5, 8}``.
-        iterations: number of fixed-point iterations.
+        iterations: most fixed-point iterations.
+        tol: convergence threshold on the per-iteration update, normalised coordinates; ``None``:
+            ``4 * eps`` of the dtype (a few ulps of a coordinate near 1: the converged value, to
+            rounding), ``0``: always run ``iterations``.
+        check_every: iterations between convergence checks (each costs one host sync on CUDA).
 
     Returns:
-        ``(B, N, 2)`` undistorted pixel coordinates.
+        ``(B, N, 2)`` undistorted pixel coordinates (``uv`` itself when nothing is distorted).
 
     Example:
         >>> K = torch.tensor([[[500., 0, 320], [0, 500, 240], [0, 0, 1]]])
@@ -173,25 +180,58 @@ def undistort_points(uv: torch.Tensor, K: torch.Tensor, D: torch.Tensor,
     check_same_batch(("uv", uv), ("K", K), ("D", D))
     if D.shape[-1] == 0:
         return uv
-    k = _pad_distortion(D)[:, None, :]
-    fx, fy = K[:, None, 0, 0], K[:, None, 1, 1]
-    cx, cy = K[:, None, 0, 2], K[:, None, 1, 2]
-    x0 = (uv[..., 0] - cx) / fx
-    y0 = (uv[..., 1] - cy) / fy
-    x, y = x0, y0
-    ok = torch.ones_like(x0, dtype=torch.bool)
-    for _ in range(iterations):
-        r2 = x * x + y * y
-        icdist = (1 + ((k[..., 7] * r2 + k[..., 6]) * r2 + k[..., 5]) * r2) / (
-            1 + ((k[..., 4] * r2 + k[..., 1]) * r2 + k[..., 0]) * r2)
-        ok = ok & (icdist > 0)
-        dx = 2 * k[..., 2] * x * y + k[..., 3] * (r2 + 2 * x * x)
-        dy = k[..., 2] * (r2 + 2 * y * y) + 2 * k[..., 3] * x * y
-        x = (x0 - dx) * icdist
-        y = (y0 - dy) * icdist
-    x = torch.where(ok, x, x0)
-    y = torch.where(ok, y, y0)
-    return torch.stack((x * fx + cx, y * fy + cy), dim=-1)
+    k = _pad_distortion(D)  # (B, 8): k1, k2, p1, p2, k3, k4, k5, k6
+    nonzero = k != 0
+    distorted = nonzero.any(-1)  # (B,)
+    # One host read per call for what the batch needs (not one per iteration).
+    any_distortion, all_distorted, tangential, rational = torch.stack(
+        (distorted.any(), distorted.all(), nonzero[:, 2:4].any(), nonzero[:, 5:].any())).tolist()
+    if not any_distortion:
+        return uv
+    k = k[:, None, :]  # (B, 1, 8): broadcasts over the N points
+    f = torch.diagonal(K[:, :2, :2], dim1=-2, dim2=-1)[:, None, :]  # (B, 1, 2) fx, fy
+    c = K[:, None, :2, 2]  # (B, 1, 2) cx, cy
+    p0 = (uv - c) / f
+    if tol is None:
+        tol = 4 * torch.finfo(torch.promote_types(p0.dtype, k.dtype)).eps
+    k1, k2, k3 = k[..., 0:1], k[..., 1:2], k[..., 4:5]
+    k4, k5, k6 = k[..., 5:6], k[..., 6:7], k[..., 7:8]
+    if tangential:
+        # delta = (2 p1 x y + p2 (r2 + 2 x^2), p1 (r2 + 2 y^2) + 2 p2 x y) = t_sq (r2 + 2 p^2) + t_xy x y
+        t_sq = k[..., 2:4].flip(-1)  # (p2, p1)
+        t_xy = 2 * k[..., 2:4]  # (2 p1, 2 p2)
+    one = torch.ones((), dtype=k.dtype, device=k.device)
+    p = p0
+    icd_min = None
+    for it in range(iterations):
+        sq = p * p
+        r2 = sq.sum(-1, keepdim=True)  # (B, N, 1)
+        # Radial factor 1 / (1 + k1 r2 + k2 r2^2 + k3 r2^3) * (1 + k4 r2 + k5 r2^2 + k6 r2^3), Horner.
+        den = torch.addcmul(k2, k3, r2)
+        den = torch.addcmul(k1, den, r2)
+        den = torch.addcmul(one, den, r2)
+        if rational:
+            num = torch.addcmul(k5, k6, r2)
+            num = torch.addcmul(k4, num, r2)
+            num = torch.addcmul(one, num, r2)
+            icdist = num / den
+        else:
+            icdist = den.reciprocal()
+        icd_min = icdist if icd_min is None else torch.minimum(icd_min, icdist)
+        p_prev = p
+        if tangential:
+            delta = torch.addcmul(torch.add(r2, sq, alpha=2) * t_sq, p.prod(-1, keepdim=True), t_xy)
+            p = (p0 - delta) * icdist
+        else:
+            p = p0 * icdist
+        if tol > 0 and (it + 1) % check_every == 0 and it + 1 < iterations:
+            # NaN compares False: a NaN point does not hold the others back.
+            if not bool(((p - p_prev).abs() > tol).any()):
+                break
+    if icd_min is not None:
+        p = torch.where(icd_min > 0, p, p0)
+    out = p * f + c
+    return out if all_distorted else torch.where(distorted[:, None, None], out, uv)
 
 
 def _size_hw(size: Size) -> Tuple[int, int]:
@@ -244,9 +284,8 @@ def crop_intrinsics(K: torch.Tensor, boxes: torch.Tensor, size: Size) -> torch.T
     check_shape(boxes, ("B", 4), "boxes")
     check_same_batch(("K", K), ("boxes", boxes))
     A2 = crop_affine(boxes.to(K.dtype), size)
-    last = torch.zeros_like(A2[:, :1, :])
-    last[..., 2] = 1
-    return torch.cat((A2, last), dim=1) @ K
+    # A's last row is (0, 0, 1): K_crop's last row is K's.
+    return torch.cat((A2 @ K, K[:, 2:]), dim=1)
 
 
 def pixels_to_normalized(uv: torch.Tensor, size: Size) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 
 from pose6d_ros._checks import check_shape
 from pose6d_ros.data.crops import CropBatch, crop_images, square_windows
-from pose6d_ros.geometry.camera import CameraModel, crop_intrinsics, normalized_to_pixels, undistort_points
+from pose6d_ros.geometry.camera import CameraModel, crop_intrinsics, undistort_points
 from pose6d_ros.geometry.pnp import solve_pnp
 from pose6d_ros.runtime.backends import KeypointPredictor, make_predictor
 
@@ -270,9 +270,12 @@ def detection_crops(image: Union[np.ndarray, torch.Tensor], camera: CameraModel,
     image = _checked_image(image, camera)
     windows = square_windows(torch.as_tensor(np.asarray(boxes, dtype=np.float64)), padding)  # (B, 4)
     region, offset = _image_region(image, camera, windows.numpy(), torch.device(device))
-    local = (windows - torch.as_tensor(offset)).to(device, torch.float32)
+    local = (windows - torch.from_numpy(offset)).to(device, torch.float32)
+    crops = crop_images(region, local, crop_size)  # (B, 3, S, S), a transposed view of one grid_sample
+    # The [0, 1] scaling writes a contiguous batch: the predictors would copy a strided one anyway.
+    images = torch.mul(crops, 1.0 / 255.0, out=torch.empty(crops.shape, dtype=crops.dtype, device=crops.device))
     return CropBatch(
-        images=crop_images(region, local, crop_size).mul_(1.0 / 255.0),
+        images=images,
         K=crop_intrinsics(camera.K_tensor(torch.float64).expand(len(windows), 3, 3), windows, crop_size),
         windows=windows,
     )
@@ -316,11 +319,12 @@ def _checked_image(image, camera: CameraModel) -> torch.Tensor:
 
 def _crop_to_image(normalised: torch.Tensor, windows: torch.Tensor, size: int) -> torch.Tensor:
     """Normalised crop coordinates ``(B, K, 2)`` -> full-image pixels through the inverse of the crop
-    mapping ``u_crop = (u - x0) * S / (x1 - x0) - 0.5`` (conventions.md)."""
-    uv_crop = normalized_to_pixels(normalised, size)
+    mapping ``u_crop = (u - x0) * S / (x1 - x0) - 0.5`` (conventions.md); ``size`` is S, which
+    cancels out."""
+    # u_crop + 0.5 = (n + 1) * S / 2 (normalized_to_pixels), so u = (n + 1) * (x1 - x0) / 2 + x0.
     origin = windows[:, None, :2]
-    scale = (windows[:, 2:] - windows[:, :2])[:, None, :] / size
-    return (uv_crop + 0.5) * scale + origin
+    half = (windows[:, None, 2:] - origin) * 0.5
+    return torch.addcmul(origin, normalised + 1.0, half)
 
 
 def _parse_detection(d: DetectionLike) -> Optional[Tuple[Union[str, int], Tuple[float, ...], float]]:

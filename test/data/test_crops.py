@@ -9,11 +9,13 @@ import torch
 from pose6d_ros.data.crops import (
     bop_bbox_to_box,
     crop_detections,
+    crop_grid,
     crop_image_cv2,
     crop_images,
     jitter_boxes,
     square_windows,
 )
+from pose6d_ros.geometry.camera import crop_affine
 
 K_FULL = torch.tensor([[572.4, 0.0, 325.3], [0.0, 573.6, 242.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
 
@@ -109,6 +111,46 @@ class TestResampling:
         for n, win in enumerate(windows):
             ref = crop_image_cv2(img, win, 32)
             np.testing.assert_allclose(got[n].permute(1, 2, 0).cpu().double().numpy(), ref, atol=_cv2_tol(img))
+
+    def test_non_square_crops_match_cv2_warp_affine(self, device, dtype):
+        # (Hc, Wc) crops: the grid's two axes scale independently; cv2.warpAffine with crop_affine's M.
+        import cv2
+
+        img = _smooth_image(70, 90)
+        windows = np.array([[12.3, -4.1, 61.7, 40.2], [-15.0, 20.0, 95.0, 80.0]])
+        t_img = torch.from_numpy(img).permute(2, 0, 1).to(device, dtype)
+        got = crop_images(t_img, torch.from_numpy(windows).to(device, dtype), (24, 40))
+        assert got.shape == (2, 3, 24, 40)
+        for n, win in enumerate(windows):
+            M = crop_affine(torch.from_numpy(win)[None], (24, 40))[0].numpy()
+            ref = cv2.warpAffine(img, M, (40, 24), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                 borderValue=0)
+            np.testing.assert_allclose(got[n].permute(1, 2, 0).cpu().double().numpy(), ref, atol=_cv2_tol(img))
+
+    def test_sizes_and_dtypes_in_turn_match_cv2(self):
+        # The constant part of the grid is cached per (size, dtype, device): alternating sizes and
+        # dtypes must each still give cv2's crop.
+        img = _smooth_image(40, 50)
+        win = np.array([3.2, 5.1, 30.4, 33.0])
+        for size, dt in [(16, torch.float32), (20, torch.float64), (16, torch.float64), (20, torch.float32),
+                         (16, torch.float32)]:
+            got = crop_images(torch.from_numpy(img).permute(2, 0, 1).to(dt), torch.from_numpy(win)[None].to(dt), size)
+            np.testing.assert_allclose(got[0].permute(1, 2, 0).double().numpy(), crop_image_cv2(img, win, size),
+                                       atol=_cv2_tol(img))
+
+    def test_grid_matches_affine_inverse(self):
+        # Each grid point, taken back to image pixels, is crop_affine's inverse of the crop pixel
+        # (hand-inverted here: u = (u_c + 0.5 - b) / s).
+        windows = torch.tensor([[10.5, -3.0, 74.5, 45.0], [-20.0, 30.0, 5.0, 80.0]], dtype=torch.float64)
+        grid = crop_grid(windows, (60, 80), (12, 16))
+        A = crop_affine(windows, (12, 16))
+        jj, ii = torch.meshgrid(torch.arange(16.0, dtype=torch.float64), torch.arange(12.0, dtype=torch.float64),
+                                indexing="xy")
+        for n in range(2):
+            u = (jj - A[n, 0, 2]) / A[n, 0, 0]
+            v = (ii - A[n, 1, 2]) / A[n, 1, 1]
+            torch.testing.assert_close(grid[n, ..., 0], (u + 0.5) * 2 / 80 - 1, rtol=0, atol=1e-12)
+            torch.testing.assert_close(grid[n, ..., 1], (v + 0.5) * 2 / 60 - 1, rtol=0, atol=1e-12)
 
     def test_uint8_matches_cv2(self):
         rng = np.random.default_rng(0)

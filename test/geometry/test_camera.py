@@ -89,6 +89,57 @@ class TestUndistort:
         torch.testing.assert_close(out[1], uv)  # zero distortion is the identity
         assert not torch.allclose(out[0], uv)
 
+    @pytest.mark.parametrize("D", [np.zeros(5), np.zeros(8), np.zeros(4)], ids=["plumb", "rational", "four"])
+    def test_zero_distortion_matches_opencv(self, D):
+        # All-zero coefficients: no iteration, the points come back as given, which is what OpenCV gives.
+        uv = _random_pixels(100, np.random.default_rng(6))
+        ref = cv2.undistortPoints(uv[:, None, :], K_NP, D, P=K_NP)[:, 0, :]
+        uv_t = torch.from_numpy(uv)[None]
+        ours = undistort_points(uv_t, torch.from_numpy(K_NP)[None], torch.from_numpy(D)[None])
+        np.testing.assert_allclose(ours[0].numpy(), ref, atol=1e-9)
+        assert torch.equal(ours, uv_t)
+
+    def test_mixed_batch_matches_opencv_per_row(self):
+        # Rows with and without distortion in one batch: each row as OpenCV run to convergence.
+        uv = _random_pixels(60, np.random.default_rng(7))
+        Ds = [D_PLUMB, np.zeros(8), D_RATIONAL, np.zeros(8)]
+        Ds = [np.pad(D, (0, 8 - len(D))) for D in Ds]
+        out = undistort_points(torch.from_numpy(uv)[None].expand(4, -1, -1), torch.from_numpy(K_NP)[None].expand(4, -1, -1),
+                               torch.from_numpy(np.stack(Ds)), iterations=100)
+        crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-14)
+        for b, D in enumerate(Ds):
+            ref = cv2.undistortPoints(uv[:, None, :], K_NP, D, R=None, P=K_NP, criteria=crit)[:, 0, :]
+            np.testing.assert_allclose(out[b].numpy(), ref, atol=1e-6)
+        assert torch.equal(out[1], torch.from_numpy(uv)) and torch.equal(out[3], torch.from_numpy(uv))
+
+    @pytest.mark.parametrize("D", [D_PLUMB, D_RATIONAL, np.array([-0.1, 0.02, 0.0, 0.0, 0.0])],
+                             ids=["plumb", "rational", "radial"])
+    @pytest.mark.parametrize("iterations", [1, 3, 7])
+    def test_fixed_iteration_count_matches_opencv(self, D, iterations):
+        # tol=0: exactly `iterations` steps of OpenCV's scheme (its COUNT-only criterion).
+        uv = _random_pixels(200, np.random.default_rng(8))
+        crit = (cv2.TERM_CRITERIA_COUNT, iterations, 0.0)
+        ref = cv2.undistortPoints(uv[:, None, :], K_NP, D, R=None, P=K_NP, criteria=crit)[:, 0, :]
+        ours = undistort_points(torch.from_numpy(uv)[None], torch.from_numpy(K_NP)[None], torch.from_numpy(D)[None],
+                                iterations=iterations, tol=0)[0].numpy()
+        np.testing.assert_allclose(ours, ref, atol=1e-9)
+
+    @pytest.mark.parametrize("D", [D_PLUMB, D_RATIONAL], ids=["plumb", "rational"])
+    def test_early_stop_matches_opencv_converged(self, D):
+        # Mild distortion near the centre converges in a few iterations: the default settings stop
+        # early and must agree with OpenCV iterated to convergence.
+        uv = _random_pixels(200, np.random.default_rng(9)) * 0.3 + np.array([224.0, 168.0])
+        crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 200, 1e-15)
+        ref = cv2.undistortPoints(uv[:, None, :], K_NP, D * 0.3, R=None, P=K_NP, criteria=crit)[:, 0, :]
+        ours = undistort_points(torch.from_numpy(uv)[None], torch.from_numpy(K_NP)[None],
+                                torch.from_numpy(D * 0.3)[None], iterations=200)[0].numpy()
+        np.testing.assert_allclose(ours, ref, atol=1e-9)
+
+    def test_gradcheck(self):
+        uv = torch.tensor(_random_pixels(5, np.random.default_rng(10)), dtype=torch.float64)[None].requires_grad_()
+        K, D = torch.from_numpy(K_NP)[None], torch.from_numpy(D_RATIONAL)[None]
+        assert torch.autograd.gradcheck(lambda x: undistort_points(x, K, D, iterations=8, tol=0), (uv,))
+
     def test_exceptions(self):
         with pytest.raises(ValueError, match="D"):
             undistort_points(torch.zeros(1, 3, 2), torch.eye(3)[None], torch.zeros(1, 6))
