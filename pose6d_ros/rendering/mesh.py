@@ -418,6 +418,16 @@ class MeshBatch:
     closed_sign: Optional[torch.Tensor] = None
     bounds: Optional[torch.Tensor] = None
     _cache: Dict[Tuple[str, str], "MeshBatch"] = field(default_factory=dict, compare=False, repr=False)
+    _derived: Dict[str, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+
+    def vertices_and_normals(self) -> torch.Tensor:
+        """``(M, 2 * Vmax, 3)``: the vertices, then the vertex normals (cached), so that one gather
+        and one batched matmul pose both."""
+        hit = self._derived.get("vertices_and_normals")
+        if hit is None:
+            hit = torch.cat([self.vertices, self.vertex_normals], 1)
+            self._derived["vertices_and_normals"] = hit
+        return hit
 
     def __len__(self) -> int:
         return int(self.vertices.shape[0])

@@ -243,14 +243,15 @@ def render(
     dtype, dev = R.dtype, R.device
     mb = meshes.to(dev, dtype)
     idx = object_index.to(dev).long()
-    verts = mb.vertices.index_select(0, idx)  # (B, V, 3)
-    pts = verts @ R.transpose(1, 2) + t[:, None, :]
+    V = mb.vertices.shape[1]
+    posed = mb.vertices_and_normals().index_select(0, idx) @ R.transpose(1, 2)  # (B, 2V, 3)
+    pts = posed[:, :V] + t[:, None, :]
     uv, z = project(pts, K.to(dtype))
     faces = mb.faces.index_select(0, idx)
     face_valid = mb.face_valid.index_select(0, idx)
     frags, fx = _rasterize_faces(uv, z, faces, face_valid, (H, W), settings.znear, _back_face_sign(mb, idx, R, t, K, z, settings))
 
-    normals = mb.vertex_normals.index_select(0, idx) @ R.transpose(1, 2)
+    normals = posed[:, V:]
     colors = shade_vertices(pts, normals, mb.vertex_colors.index_select(0, idx), settings)  # (B, V, 3)
 
     B = idx.shape[0]
