@@ -440,8 +440,8 @@ def _rasterize_contours(
         # An edge with no uncovered pixel in its band can win no uncovered pixel, so is no outline
         # edge and loses both passes everywhere: drop it before expanding (interior folds are
         # most of the contour edges).  A prefix sum of covered pixels counts a row's span.
-        if scratch is None:
-            scratch = torch.empty(P, dtype=torch.int64, device=dev)
+        if scratch is None or scratch.numel() < max(P, 1):
+            scratch = torch.empty(max(P, 1), dtype=torch.int64, device=dev)
         # Covered pixels before flat pixel p, in the scratch buffer's memory (fresh pages cost a
         # page fault each).
         before = scratch.view(torch.int32)[: P + 1]
@@ -481,7 +481,7 @@ def _rasterize_contours(
         del d2
         key_out = cov * far
         key_out |= key
-        best = scratch
+        best = scratch[:P]
         best.fill_(torch.iinfo(torch.int64).max)
         best.scatter_reduce_(0, pix, key_out, reduce="amin", include_self=True)
         won = _take(best, pix) == key_out

@@ -266,3 +266,10 @@ def test_camera_inside_a_closed_mesh_sees_its_walls():
                  RenderSettings(hard=True))
     assert bool((out.silhouette == 1).all())
     assert torch.allclose(out.depth, torch.full_like(out.depth, 0.5), atol=1e-5)
+
+
+def test_empty_batch_renders_empty_images():
+    mb = pack_meshes([_tiny_mesh()])
+    e = torch.zeros(0, 3, 3)
+    out = render(mb, torch.zeros(0, dtype=torch.long), e, torch.zeros(0, 3), e, (8, 9))
+    assert out.rgb.shape == (0, 3, 8, 9) and out.silhouette.shape == (0, 1, 8, 9) and out.depth.shape == (0, 1, 8, 9)
