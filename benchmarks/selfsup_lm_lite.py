@@ -51,7 +51,7 @@ ABLATIONS = {
     "no L_pose2": {"use_pose2": False},
     "no synthetic L_sup": {"use_sup_synthetic": False, "use_sup_render": False},
     "no grad through PnP": {"grad_through_pnp": False},
-    "+ L_box + silhouette L_percep (ours)": {"use_box": True, "percep_region": "silhouette"},
+    "paper's L_percep, no L_box": {"use_box": False, "percep_region": "crop"},
 }
 
 
@@ -99,7 +99,7 @@ def run_tables(mode: str, out: Path, data_root: Path, stages=("synthetic", "real
                                           "optim": {"max_steps": m["syn_steps"], "lr_steps": [int(0.8 * m["syn_steps"])]}}))
     if "synthetic" in stages:
         rows["synthetic only"] = timed("synthetic", lambda: _cached_row(out / "synthetic" / "row.json",
-                                                                        lambda: supervised.train(syn_cfg)))
+                                                                        lambda: supervised.train(syn_cfg, resume=True)))
     init = str(out / "synthetic" / "model.pt")
 
     real_cfg = load_config(ROOT / "training/real_labels_lm_lite.yaml")
@@ -107,7 +107,7 @@ def run_tables(mode: str, out: Path, data_root: Path, stages=("synthetic", "real
                                             "optim": {"max_steps": m["real_steps"], "lr_steps": []}}))
     if "real" in stages:
         rows["real labels"] = timed("real", lambda: _cached_row(out / "real" / "row.json",
-                                                               lambda: supervised.train(real_cfg)))
+                                                               lambda: supervised.train(real_cfg, resume=True)))
 
     ss_cfg = load_config(ROOT / "training/selfsup_lm_lite.yaml")
     ss_cfg = merge(ss_cfg, merge(base, {"output_dir": str(out / "selfsup"), "init": {"checkpoint": init,
@@ -118,7 +118,7 @@ def run_tables(mode: str, out: Path, data_root: Path, stages=("synthetic", "real
         diag: Dict[str, Any] = {}
 
         def run_ss():
-            res = selfsup.train(ss_cfg)
+            res = selfsup.train(ss_cfg, resume=True)
             diag["selfsup"] = res.get("diag", [])
             return res
 
@@ -142,7 +142,7 @@ def run_tables(mode: str, out: Path, data_root: Path, stages=("synthetic", "real
                                  "optim": {"max_steps": m["ablation_steps"]},
                                  "eval": {"period": 0}})
             row = timed(f"ablation {name}", lambda: _cached_row(out / "ablation" / name.replace(" ", "_") / "row.json",
-                                                               lambda: selfsup.train(cfg)))
+                                                               lambda: selfsup.train(cfg, resume=True)))
             abl[name] = row[_name_of(obj)]
         results["table3"] = {"object": _name_of(obj), "ADD(-S)": abl}
     return results

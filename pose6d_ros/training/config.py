@@ -83,7 +83,7 @@ DEFAULTS: Dict[str, Any] = {
     "log": {"period": 20, "image_period": 200, "tensorboard": True, "progress": True},
     "checkpoint": {"period": 200, "keep_last": True},
     "supervised": {"source": "synthetic", "color_aug": True},  # synthetic | real (upper bound)
-    "eval": {"period": 0, "final_test": False, "test_limit": None},  # diag period (0 = start/end only)
+    "eval": {"period": 0, "final_test": False, "test_limit": None},  # diag period (0 = start/end only); test_limit: per object
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from pose6d_ros.training.config import get
 from pose6d_ros.training.trainer import (CheckpointHook, EMAHook, EvalHook, HookBase, LoggerHook, StepOutput,
                                          Trainer)
 
-__all__ = ["Run", "cli_main"]
+__all__ = ["Run", "cli_main", "first_per_object"]
 
 log = logging.getLogger("pose6d_ros.training")
 
@@ -128,15 +128,28 @@ class Run:
             from pose6d_ros.evaluation.evaluate import predict_split, score_predictions, write_outputs
             from pose6d_ros.evaluation.tables import format_markdown
 
-            crops = TargetCrops(self.test_split, items_from_split(self.test_split, self.objects.ids), self.objects,
-                                int(get(self.cfg, "data.crop_size")))
-            preds = predict_split(trainer.model, crops, self.objects.keypoints, device=self.device,
-                                  limit=get(self.cfg, "eval.test_limit"))
+            items = items_from_split(self.test_split, self.objects.ids)
+            limit = get(self.cfg, "eval.test_limit")
+            if limit:  # per object: a global cap would keep only the first objects of the split
+                items = first_per_object(items, int(limit))
+            crops = TargetCrops(self.test_split, items, self.objects, int(get(self.cfg, "data.crop_size")))
+            preds = predict_split(trainer.model, crops, self.objects.keypoints, device=self.device)
             table = score_predictions(preds, self.objects.registry)
             write_outputs(table, preds, self.out / "eval", dataset=self.root.resolve().name)
             print(format_markdown(table, f"{kind} on {self.test_split}"), flush=True)
             result["table"] = table
         return result
+
+
+def first_per_object(items: Sequence[Any], limit: int) -> List[Any]:
+    """The first ``limit`` items of each ``obj_id``, in their original order."""
+    kept: Dict[int, int] = {}
+    out = []
+    for it in items:
+        if kept.get(it.obj_id, 0) < limit:
+            kept[it.obj_id] = kept.get(it.obj_id, 0) + 1
+            out.append(it)
+    return out
 
 
 def cli_main(prog: str, description: str, train: Callable[..., Any], argv=None) -> Any:
