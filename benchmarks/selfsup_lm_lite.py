@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/selfsup_lm_lite.py --throughput          # iterations/s at batch 16
     .venv/bin/python benchmarks/selfsup_lm_lite.py --probe               # does render-vs-masked-real see pose error?
+    .venv/bin/python benchmarks/selfsup_lm_lite.py --basin MODEL --data data/lm-lite-demo  # can it fix a pose?
     .venv/bin/python benchmarks/selfsup_lm_lite.py --mode quick          # >= 4 objects, ~60 min on 2 cores
     .venv/bin/python benchmarks/selfsup_lm_lite.py --mode full           # all 13 objects, long
 
@@ -276,11 +277,91 @@ def probe(data_root: Path, objects=(1, 2, 5, 6), n: int = 6) -> Dict[str, Any]:
     return out
 
 
+def basin(data_root: Path, model_path: Path, objects=(1, 2), n: int = 24, steps: int = 60,
+          lr: float = 0.002) -> Dict[str, Any]:
+    """Can render-and-compare on L_percep fix a pose at all? Descend on the pose alone (no Φ update).
+
+    For ``n`` diag/ crops, start (a) from the GT pose perturbed by 5°/2 px, 10°/4 px and 15°/8 px
+    (random axis and direction, depth ±5%) and (b) from Φ's own prediction (``model_path``); take
+    ``steps`` Adam steps on (axis-angle, t / t_z) of L_percep between ``r1`` and ``x_m`` (features:
+    the frozen early stages of ``model_path``, as in training), crop-averaged and silhouette-averaged;
+    report the median keypoint error (px) before and after, and the share of crops that improved.
+    """
+    import math
+
+    from pose6d_ros.evaluation.evaluate import predict_crops
+    from pose6d_ros.geometry.keypoints import project_points
+    from pose6d_ros.models import load_model
+    from pose6d_ros.training.build import TargetCrops, build_objects, items_from_split
+    from pose6d_ros.training.losses import mask_blend, perceptual_distance
+    from pose6d_ros.training.perceptual import PhiEarlyFeatures
+    from pose6d_ros.training.selfsup import build_renderer
+
+    torch.manual_seed(0)
+    model = load_model(model_path)[0].eval()
+    cfg = load_config(None, [f"data.objects={list(objects)}", "selfsup.render.max_faces=1000"])
+    obj = build_objects(cfg)
+    items = items_from_split(data_root / "diag", list(objects))[:n]
+    b = TargetCrops(data_root / "diag", items, obj, 64).batch(range(len(items)), jitter=False)
+    N, K = len(items), b["K"]
+    render, feats = build_renderer(obj, cfg, torch.device("cpu")), PhiEarlyFeatures(model, 2)
+    kp3 = obj.keypoints[b["object_index"]]
+    kp_gt = project_points(kp3, b["R"], b["t"], K)
+
+    def kp_err(R, t):
+        return (project_points(kp3, R, t, K) - kp_gt).norm(dim=-1).mean(-1)
+
+    def axis_angle_to_matrix(w):  # exp of the skew matrix (differentiable)
+        z = torch.zeros_like(w[:, 0])
+        skew = torch.stack((z, -w[:, 2], w[:, 1], w[:, 2], z, -w[:, 0], -w[:, 1], w[:, 0], z), 1).view(-1, 3, 3)
+        return torch.linalg.matrix_exp(skew)
+
+    def descend(R0, t0, region: bool):
+        w = torch.zeros(N, 3, requires_grad=True)
+        dt = torch.zeros(N, 3, requires_grad=True)
+        opt = torch.optim.Adam([w, dt], lr=lr)
+        for _ in range(steps):
+            R, t = axis_angle_to_matrix(w) @ R0, t0 + dt * t0[:, 2:3]
+            r = render(b["object_index"], R, t, K, 64)
+            r1, xm = r.rgb + (1 - r.silhouette) * 0.5, mask_blend(b["image"], r.silhouette, 0.5)
+            loss = perceptual_distance(feats(r1), feats(xm), None, r.silhouette if region else None) * N
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return kp_err(axis_angle_to_matrix(w) @ R0, t0 + dt * t0[:, 2:3])
+
+    starts = {}
+    for deg, px in ((5, 2), (10, 4), (15, 8)):
+        axis = torch.nn.functional.normalize(torch.randn(N, 3), dim=1)
+        t0, ang = b["t"].clone(), torch.rand(N) * 2 * math.pi
+        t0[:, 0] += px * torch.cos(ang) * t0[:, 2] / K[:, 0, 0]
+        t0[:, 1] += px * torch.sin(ang) * t0[:, 2] / K[:, 0, 0]
+        t0[:, 2] *= 1 + 0.05 * torch.sign(torch.randn(N))
+        starts[f"GT + {deg} deg / {px} px"] = (axis_angle_to_matrix(axis * math.radians(deg)) @ b["R"], t0)
+    with torch.no_grad():
+        pnp, _ = predict_crops(model, b["image"], K, b["object_index"], obj.keypoints)
+    starts["Φ's prediction"] = (pnp.R.float(), pnp.t.float())
+    out: Dict[str, Any] = {}
+    for name, (R0, t0) in starts.items():
+        e0 = kp_err(R0, t0)
+        row = {"start_px": float(e0.median())}
+        for region in (False, True):
+            e = descend(R0, t0, region)
+            key = "silhouette" if region else "crop"
+            row[f"{key}_px"], row[f"{key}_improved"] = float(e.median()), float((e < e0).float().mean())
+        out[name] = row
+        print(name, row, flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mode", choices=sorted(MODES), default=None)
     ap.add_argument("--throughput", action="store_true")
     ap.add_argument("--probe", action="store_true")
+    ap.add_argument("--basin", metavar="MODEL", default=None,
+                    help="render-and-compare on the pose alone, from perturbed GT and from MODEL's predictions")
     ap.add_argument("--data", default=str(ROOT / "data/lm-lite"))
     ap.add_argument("--out", default=str(ROOT / "runs/bench_selfsup"))
     ap.add_argument("--stages", default="synthetic,real,selfsup,ablation",
@@ -293,6 +374,8 @@ def main() -> None:
         print(json.dumps(r, indent=2))
     if a.probe:
         print(json.dumps(probe(Path(a.data)), indent=1))
+    if a.basin:
+        print(json.dumps(basin(Path(a.data), Path(a.basin)), indent=1))
     if a.mode:
         out = Path(a.out) / a.mode
         from pose6d_ros.training.config import apply_overrides

@@ -313,7 +313,8 @@ class TargetCrops:
         box_crop = (boxes.view(-1, 2, 2) @ A[:, :, :2].transpose(1, 2) + A[:, None, :, 2]).reshape(-1, 4)
         out = {"image": torch.cat(crops), "K": K_crop, "box": box_crop,
                "object_index": torch.tensor([self.row[it.obj_id] for it in items]),
-               "K_full": K, "ids": torch.tensor([[it.scene_id, it.im_id, it.obj_id] for it in items])}
+               "K_full": K, "ids": torch.tensor([[it.scene_id, it.im_id, it.obj_id] for it in items]),
+               "index": torch.as_tensor([int(i) for i in indices], dtype=torch.long)}
         if with_labels and all(it.R is not None for it in items):
             R = torch.as_tensor(np.stack([it.R for it in items]), dtype=torch.float32)
             t = torch.as_tensor(np.stack([it.t for it in items]), dtype=torch.float32)

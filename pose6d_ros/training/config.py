@@ -52,7 +52,7 @@ DEFAULTS: Dict[str, Any] = {
         "freeze_bn": True,
     },
     "selfsup": {
-        "weights": {"pose": 1.0, "pose2": 1.0, "sup": 1.0, "percep": 20.0, "box": 1.0},
+        "weights": {"pose": 1.0, "pose2": 1.0, "sup": 1.0, "percep": 20.0, "box": 1.0, "refine": 1.0},
         "huber_delta": 0.02,
         "use_pose": True,
         "use_pose2": True,
@@ -63,6 +63,9 @@ DEFAULTS: Dict[str, Any] = {
         "use_occlusion": True,
         "use_box": False,  # ours: L_box, h1's 2D scale/position pinned to the detection box
         "percep_region": "crop",  # ours: crop (paper) | silhouette (L_percep averaged over m1: no size bias)
+        "refine_steps": 0,  # ours: >0 = render-and-compare pseudo-labels (L_refine), Adam steps per refinement
+        "refine_lr": 0.002,
+        "refine_period": 50,  # a crop's refined pose is recomputed after this many steps
         "occlusion_patches": {"min_patches": 0, "max_patches": 3, "min_size": 0.1, "max_size": 0.4},
         "render": {"max_faces": 2000, "sigma": 0.7},  # in-loop soft renderer (mesh decimated above max_faces)
         "fuse_forward": True,  # h2, h3 and Φ(x_g) in one forward pass

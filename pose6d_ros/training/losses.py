@@ -41,6 +41,7 @@ class LossWeights:
     sup: float = 1.0
     percep: float = 20.0
     box: float = 1.0  # ours, not the paper's: see box_consistency
+    refine: float = 1.0  # ours: Huber(h1, π(refined pose)), see selfsup_step.SelfSupStep
 
 
 def _weighted_mean(per_sample: torch.Tensor, weight: Optional[torch.Tensor]) -> torch.Tensor:
@@ -265,11 +266,11 @@ def total_loss(losses: Dict[str, torch.Tensor], weights: LossWeights = LossWeigh
     """Eq. 3: ``λ1 L_pose + λ2 L_pose2 + λ3 L_sup + λ4 L_percep`` (+ ``λ_box L_box``, ours) over the
     terms present.
 
-    ``losses`` maps ``"pose"``, ``"pose2"``, ``"sup"``, ``"percep"``, ``"box"`` to scalars; missing keys are
+    ``losses`` maps ``"pose"``, ``"pose2"``, ``"sup"``, ``"percep"``, ``"box"``, ``"refine"`` to scalars; missing keys are
     switched-off components. Unknown keys raise, so a typo cannot silently drop a term.
     """
     lam = {"pose": weights.pose, "pose2": weights.pose2, "sup": weights.sup, "percep": weights.percep,
-           "box": weights.box}
+           "box": weights.box, "refine": weights.refine}
     unknown = set(losses) - set(lam)
     if unknown:
         raise KeyError(f"total_loss: unknown loss names {sorted(unknown)}")

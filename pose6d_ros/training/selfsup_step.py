@@ -31,7 +31,7 @@ from pose6d_ros.geometry.keypoints import project_points
 from pose6d_ros.training import losses as L
 from pose6d_ros.training.trainer import StepOutput
 
-__all__ = ["SelfSupSettings", "SelfSupStep", "RenderFn", "PnPFn", "OcclusionFn", "draw_keypoints"]
+__all__ = ["SelfSupSettings", "SelfSupStep", "RenderFn", "PnPFn", "OcclusionFn", "draw_keypoints", "refine_pose"]
 
 #: ``render_fn(object_index (B,), R (B,3,3), t (B,3), K_crop (B,3,3), size) -> object with
 #: ``.rgb (B,3,S,S)`` composited over black (``RenderSettings.background = 0``, i.e. premultiplied by
@@ -60,6 +60,12 @@ class SelfSupSettings:
     use_box: bool = False
     # ours: "crop" = L_percep averaged over the crop (paper); "silhouette" = over m1 (no size bias)
     percep_region: str = "crop"
+    # ours: render-and-compare pseudo-labels. Each unlabeled crop's pose y1 is refined by
+    # ``refine_steps`` Adam steps on L_percep over the pose alone (no Φ in the loop), cached per
+    # crop and recomputed every ``refine_period`` steps; L_refine = Huber(h1, π(refined pose)).
+    refine_steps: int = 0
+    refine_lr: float = 0.002
+    refine_period: int = 50
     background: str = "constant"
     background_value: float = 0.5
     grad_through_mask: bool = True
@@ -135,6 +141,10 @@ class SelfSupStep:
         self.perceptual = perceptual
         self.occlusion_fn = occlusion_fn
         self.extent_points = extent_points
+        # per-crop cache of refined poses (L_refine), indexed by batch["real"]["index"]
+        self._ref_step = torch.empty(0, dtype=torch.long)
+        self._ref_R = torch.empty(0, 3, 3)
+        self._ref_t = torch.empty(0, 3)
 
     def _background(self, like: torch.Tensor) -> torch.Tensor | float:
         if self.s.background == "constant":
@@ -154,6 +164,7 @@ class SelfSupStep:
         B, S = x_r.shape[0], x_r.shape[-1]
         kp3 = self.keypoints_3d.to(device=x_r.device, dtype=torch.float32)[obj]  # (B, K, 3)
 
+        x_clean = x_r
         occ = None
         if s.use_occlusion:
             occ = self.occlusion_fn(B, S, x_r.device).to(x_r.dtype)
@@ -245,6 +256,8 @@ class SelfSupStep:
                 outs.get("h3_sup", outs.get("h3")) if s.use_sup_render else None,
                 h3_label if s.use_sup_render else None,
                 outs.get("hg"), syn["keypoints"] if syn is not None else None, d, w)
+        if s.refine_steps > 0:
+            parts["refine"] = self._refine_loss(trainer, real, x_clean, h1, R_solved, t_solved, solved, kp3, K.float())
         if pose_box is not None:
             parts["box"] = L.box_consistency(h1, pose_box, det_box, d, solved.to(h1.dtype))
         if s.use_percep:
@@ -267,6 +280,71 @@ class SelfSupStep:
             "keypoints": draw_keypoints(x_r.detach(), h1.detach()),
         }
         return StepOutput(losses=losses, metrics=metrics, images=images)
+
+
+    def _refine_loss(self, trainer, real, x_clean, h1, R1, t1, solved, kp3, K) -> torch.Tensor:
+        """L_refine (ours): Huber between h1 and the keypoints of the crop's cached refined pose."""
+        s = self.s
+        if "index" not in real:
+            raise KeyError("SelfSupStep: refine_steps > 0 needs batch['real']['index'] (crop ids)")
+        if self.perceptual is None:
+            raise ValueError("SelfSupStep: refine_steps > 0 needs the perceptual feature extractor")
+        dev = h1.device
+        index = real["index"].to(dev).long()
+        need = int(index.max()) + 1
+        if self._ref_step.numel() < need:  # grow the per-crop cache (step -1 = never refined)
+            grow = need - self._ref_step.numel()
+            self._ref_step = torch.cat((self._ref_step.to(dev), torch.full((grow,), -1, dtype=torch.long, device=dev)))
+            self._ref_R = torch.cat((self._ref_R.to(dev), torch.eye(3, device=dev).expand(grow, 3, 3)))
+            self._ref_t = torch.cat((self._ref_t.to(dev), torch.zeros(grow, 3, device=dev)))
+        step = int(getattr(trainer, "step", 0))
+        last = self._ref_step[index]
+        stale = solved & ((last < 0) | (step - last >= s.refine_period))
+        if bool(stale.any()):
+            R, t = refine_pose(self.render_fn, self.perceptual, real["object_index"].to(dev)[stale], R1[stale], t1[stale],
+                               K[stale], x_clean[stale].float(), s.refine_steps, s.refine_lr, s.background_value,
+                               s.percep_region == "silhouette")
+            self._ref_R[index[stale]], self._ref_t[index[stale]] = R, t
+            self._ref_step[index[stale]] = step
+        have = self._ref_step[index] >= 0
+        target = pixels_to_normalized(project_points(kp3, self._ref_R[index], self._ref_t[index], K), x_clean.shape[-1])
+        return L.huber(h1, target.detach().to(h1.dtype), s.huber_delta, have.to(h1.dtype))
+
+
+def refine_pose(render_fn: RenderFn, perceptual: nn.Module, object_index: torch.Tensor, R0: torch.Tensor,
+                t0: torch.Tensor, K: torch.Tensor, image: torch.Tensor, steps: int, lr: float = 0.002,
+                background: float = 0.5, silhouette_region: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Render-and-compare on the pose alone: ``steps`` Adam steps on L_percep(r(y), M(x, m(y))) over a
+    rotation increment (axis-angle, left-multiplied) and a translation increment in units of depth.
+
+    Returns the refined ``(R, t)``, detached. ``benchmarks/selfsup_lm_lite.py --basin`` measures
+    how far this corrects a pose (RESULTS.md).
+    """
+    R0, t0 = R0.detach().float(), t0.detach().float()
+    n = R0.shape[0]
+    w = torch.zeros(n, 3, device=R0.device, requires_grad=True)
+    dt = torch.zeros(n, 3, device=R0.device, requires_grad=True)
+    opt = torch.optim.Adam([w, dt], lr=lr)
+
+    def pose():
+        z = torch.zeros_like(w[:, 0])
+        skew = torch.stack((z, -w[:, 2], w[:, 1], w[:, 2], z, -w[:, 0], -w[:, 1], w[:, 0], z), 1).view(n, 3, 3)
+        return torch.linalg.matrix_exp(skew) @ R0, t0 + dt * t0[:, 2:3]
+
+    with torch.enable_grad():
+        for _ in range(steps):
+            R, t = pose()
+            r = render_fn(object_index, R, t, K, image.shape[-1])
+            m = r.silhouette.float()
+            rendered = r.rgb.float() + (1 - m) * background
+            loss = L.perceptual_distance(perceptual(rendered), perceptual(L.mask_blend(image, m, background)),
+                                         None, m if silhouette_region else None) * n
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        R, t = pose()
+    return R.detach(), t.detach()
 
 
 def draw_keypoints(images: torch.Tensor, keypoints: torch.Tensor, color=(1.0, 0.0, 0.0)) -> torch.Tensor:
