@@ -35,7 +35,7 @@ def _estimator_command(model: str, objects: str, extra: Sequence[str]) -> List[s
 def replay(model: str, objects: str, split: str, frames: int = 8, timeout: float = 60.0) -> int:
     import rclpy
     from builtin_interfaces.msg import Time
-    from geometry_msgs.msg import PoseArray
+    from vision_msgs.msg import Detection3DArray
     from rclpy.node import Node
     from scipy.spatial.transform import Rotation
     from sensor_msgs.msg import CameraInfo
@@ -67,7 +67,8 @@ def replay(model: str, objects: str, split: str, frames: int = 8, timeout: float
             received[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
             lock.notify_all()
 
-    node.create_subscription(PoseArray, "/object_poses", on_poses, 10)
+    # ~/detections carries each pose's class, so a pose is compared with a GT of its own object
+    node.create_subscription(Detection3DArray, "/pose6d_estimator/detections", on_poses, 10)
     from sensor_msgs.msg import Image
     from vision_msgs.msg import Detection2DArray
 
@@ -115,13 +116,16 @@ def replay(model: str, objects: str, split: str, frames: int = 8, timeout: float
                 print(f"{scene.scene_id:>6}/{im_id:<5} no answer from the node")
                 code = 1
                 continue
-            # The node publishes only the detections it could solve, in input order; match by nearest GT.
-            for p in msg.poses:
+            # The node publishes only the detections it could solve; match each to the nearest GT of its class.
+            for det in msg.detections:
+                hyp = det.results[0]
+                p = hyp.pose.pose
                 t = np.array([p.position.x, p.position.y, p.position.z])
                 R = Rotation.from_quat([p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w]).as_matrix()
-                gt = min(gt_of, key=lambda g: np.linalg.norm(g.t - t)) if gt_of else None
-                if gt is None:
+                same = [g for g in gt_of if registry.get(g.obj_id).name == hyp.hypothesis.class_id]
+                if not same:
                     continue
+                gt = min(same, key=lambda g: np.linalg.norm(g.t - t))
                 obj = registry.get(gt.obj_id)
                 pts = np.asarray(obj.keypoints)
                 add = np.linalg.norm(pts @ R.T + t - (pts @ gt.R.T + gt.t), axis=1).mean() / obj.diameter
