@@ -137,6 +137,15 @@ def _take(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return table.index_select(0, idx)
 
 
+
+def _winner_rows(best: torch.Tensor, sel: torch.Tensor, y: torch.Tensor, row_base: torch.Tensor,
+                 dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For the flat pixels ``sel``: the winning (face or edge, row) entry packed in ``best``'s low bits,
+    and the pixel's coordinates read off that row (integer-valued, so exact in any float dtype)."""
+    row = _take(best, sel) & _LOW
+    return row, _take(y, row).to(dtype), (sel - _take(row_base, row)).to(dtype)
+
+
 def _keys(value: torch.Tensor, payload: torch.Tensor) -> torch.Tensor:
     """int64 keys ``(float32 bits of value) << 32 | payload`` for ``value >= 0``, ``0 <= payload < 2**32``.
 
@@ -288,12 +297,9 @@ def _rasterize_faces(
         covered = best >= 0
     cov_pix = torch.nonzero(covered).squeeze(1)
     with torch.inference_mode():
-        win = _take(best, cov_pix) & _LOW  # the winning row
+        win, qy, qx = _winner_rows(best, cov_pix, y, row_base, uv.dtype)
         cov_face = _take(gface, win)  # global face id b * F + f
         cov_b = _take(face_b, cov_face)
-        # A winner's pixel coordinates, from its row (integer-valued, so exact in any float dtype).
-        qy = _take(y, win).to(uv.dtype)
-        qx = (cov_pix - _take(row_base, win)).to(uv.dtype)
         del win, y, row_base, gface
 
     # Differentiable recomputation for the winners only.
@@ -500,12 +506,9 @@ def _rasterize_contours(
         band_mask = best < far
     band = torch.nonzero(band_mask).squeeze(1)
     with torch.inference_mode():
-        brow = _take(best, band) & _LOW  # the winning row
+        brow, qy, qx = _winner_rows(best, band, y, row_base, uv.dtype)
         band_edge = _take(ge, brow)  # global edge id b * E + e
         inside = _take(covered, band)
-        # A band pixel's coordinates, from its row (integer-valued, so exact in any float dtype).
-        qy = _take(y, brow).to(uv.dtype)
-        qx = (band - _take(row_base, brow)).to(uv.dtype)
         band_b = _take(edge_b, band_edge)
 
     be0, be1 = _take(ev0, band_edge), _take(ev1, band_edge)
