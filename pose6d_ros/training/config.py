@@ -62,6 +62,7 @@ DEFAULTS: Dict[str, Any] = {
         "use_mask": True,  # False = x_m is the raw crop (ablation "no masking")
         "use_occlusion": True,
         "use_box": False,  # ours: L_box, h1's 2D scale/position pinned to the detection box
+        "box_huber_delta": None,  # L_box's Huber transition (None = huber_delta)
         "percep_region": "crop",  # ours: crop (paper) | silhouette (L_percep averaged over m1: no size bias)
         "refine_steps": 0,  # ours: >0 = render-and-compare pseudo-labels (L_refine), Adam steps per refinement
         "refine_lr": 0.002,

@@ -58,6 +58,7 @@ class SelfSupSettings:
     use_occlusion: bool = True
     # ours: L_box pins h1's 2D scale/position to the detection box (losses.box_consistency)
     use_box: bool = False
+    box_huber_delta: Optional[float] = None  # L_box's Huber transition; None = huber_delta
     # ours: "crop" = L_percep averaged over the crop (paper); "silhouette" = over m1 (no size bias)
     percep_region: str = "crop"
     # ours: render-and-compare pseudo-labels. Each unlabeled crop's pose y1 is refined by
@@ -259,7 +260,8 @@ class SelfSupStep:
         if s.refine_steps > 0:
             parts["refine"] = self._refine_loss(trainer, real, x_clean, h1, R_solved, t_solved, solved, kp3, K.float())
         if pose_box is not None:
-            parts["box"] = L.box_consistency(h1, pose_box, det_box, d, solved.to(h1.dtype))
+            d_box = s.box_huber_delta if s.box_huber_delta is not None else d
+            parts["box"] = L.box_consistency(h1, pose_box, det_box, d_box, solved.to(h1.dtype))
         if s.use_percep:
             if s.percep_region not in ("crop", "silhouette"):
                 raise ValueError(f"selfsup.percep_region must be 'crop' or 'silhouette', got {s.percep_region!r}")
