@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 MODES = {
     # objects, synthetic steps, self-supervised steps, real-label steps, test images per object
-    "quick": dict(objects=[1, 2, 5, 6], syn_steps=1500, ss_steps=300, real_steps=300, test_limit=200,
+    "quick": dict(objects=[1, 2, 5, 6], syn_steps=1500, ss_steps=150, real_steps=300, test_limit=200,
                   ablation_object=1, ablation_steps=150, backbone="mobilenet_v3_small", syn_per_object=1000),
     "full": dict(objects=None, syn_steps=20000, ss_steps=6000, real_steps=4000, test_limit=None,
                  ablation_object=1, ablation_steps=3000, backbone="resnet18", syn_per_object=3000),
@@ -75,10 +75,12 @@ def _cached_row(path: Path, run) -> Dict[str, float]:
 
 
 def run_tables(mode: str, out: Path, data_root: Path, stages=("synthetic", "real", "selfsup", "ablation"),
-               selfsup_overrides: Dict[str, Any] | None = None) -> Dict[str, Any]:
+               selfsup_overrides: Dict[str, Any] | None = None, objects=None, ablations=None) -> Dict[str, Any]:
     from pose6d_ros.training import selfsup, supervised
 
-    m = MODES[mode]
+    m = dict(MODES[mode])
+    if objects:  # e.g. other objects than the table's, to choose hyper-parameters on
+        m["objects"], m["ablation_object"] = list(objects), list(objects)[0]
     base = {
         "seed": 0, "data": {"root": str(data_root), "objects": m["objects"], "crop_size": 64,
                             "synthetic_per_object": m["syn_per_object"], "diag_per_object": 16},
@@ -138,6 +140,8 @@ def run_tables(mode: str, out: Path, data_root: Path, stages=("synthetic", "real
         abl: Dict[str, float] = {}
         obj = m["ablation_object"]
         for name, switch in ABLATIONS.items():
+            if ablations and name not in ablations:
+                continue
             cfg = merge(ss_cfg, {"output_dir": str(out / "ablation" / name.replace(" ", "_")),
                                  "data": {"objects": m["objects"]}, "selfsup": switch,
                                  "optim": {"max_steps": m["ablation_steps"]},
@@ -366,6 +370,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "runs/bench_selfsup"))
     ap.add_argument("--stages", default="synthetic,real,selfsup,ablation",
                     help="comma list; a stage finished by an earlier run (its row.json) is reused, not retrained")
+    ap.add_argument("--objects", default=None, help="comma list of object ids instead of the mode's")
+    ap.add_argument("--ablations", default=None, help="';'-separated Table 3 rows to run (default: all)")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="selfsup.KEY=VALUE overrides for the self-supervised and ablation runs")
     a = ap.parse_args()
@@ -381,7 +387,9 @@ def main() -> None:
         from pose6d_ros.training.config import apply_overrides
 
         over = apply_overrides({}, a.overrides).get("selfsup", {})
-        res = run_tables(a.mode, out, Path(a.data), tuple(a.stages.split(",")), over)
+        objs = [int(o) for o in a.objects.split(",")] if a.objects else None
+        abl = [x.strip() for x in a.ablations.split(";")] if a.ablations else None
+        res = run_tables(a.mode, out, Path(a.data), tuple(a.stages.split(",")), over, objs, abl)
         text = markdown(res)
         print(text)
         (out / "results.md").write_text(text)
