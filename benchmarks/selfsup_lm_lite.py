@@ -53,6 +53,9 @@ ABLATIONS = {
     "no synthetic L_sup": {"use_sup_synthetic": False, "use_sup_render": False},
     "no grad through PnP": {"grad_through_pnp": False},
     "paper's L_percep, no L_box": {"use_box": False, "percep_region": "crop"},
+    # control: Φ keeps training on the synthetic batch alone for as many steps
+    "only synthetic L_sup (control)": {"use_pose": False, "use_pose2": False, "use_sup_render": False,
+                                       "use_box": False, "use_percep": False},
 }
 
 
