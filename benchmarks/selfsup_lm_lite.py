@@ -300,9 +300,10 @@ def basin(data_root: Path, model_path: Path, objects=(1, 2), n: int = 24, steps:
     from pose6d_ros.geometry.keypoints import project_points
     from pose6d_ros.models import load_model
     from pose6d_ros.training.build import TargetCrops, build_objects, items_from_split
-    from pose6d_ros.training.losses import mask_blend, perceptual_distance
     from pose6d_ros.training.perceptual import PhiEarlyFeatures
     from pose6d_ros.training.selfsup import build_renderer
+    from pose6d_ros.training.selfsup_step import refine_pose
+    from scipy.spatial.transform import Rotation
 
     torch.manual_seed(0)
     model = load_model(model_path)[0].eval()
@@ -318,25 +319,9 @@ def basin(data_root: Path, model_path: Path, objects=(1, 2), n: int = 24, steps:
     def kp_err(R, t):
         return (project_points(kp3, R, t, K) - kp_gt).norm(dim=-1).mean(-1)
 
-    def axis_angle_to_matrix(w):  # exp of the skew matrix (differentiable)
-        z = torch.zeros_like(w[:, 0])
-        skew = torch.stack((z, -w[:, 2], w[:, 1], w[:, 2], z, -w[:, 0], -w[:, 1], w[:, 0], z), 1).view(-1, 3, 3)
-        return torch.linalg.matrix_exp(skew)
-
     def descend(R0, t0, region: bool):
-        w = torch.zeros(N, 3, requires_grad=True)
-        dt = torch.zeros(N, 3, requires_grad=True)
-        opt = torch.optim.Adam([w, dt], lr=lr)
-        for _ in range(steps):
-            R, t = axis_angle_to_matrix(w) @ R0, t0 + dt * t0[:, 2:3]
-            r = render(b["object_index"], R, t, K, 64)
-            r1, xm = r.rgb + (1 - r.silhouette) * 0.5, mask_blend(b["image"], r.silhouette, 0.5)
-            loss = perceptual_distance(feats(r1), feats(xm), None, r.silhouette if region else None) * N
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            return kp_err(axis_angle_to_matrix(w) @ R0, t0 + dt * t0[:, 2:3])
+        R, t = refine_pose(render, feats, b["object_index"], R0, t0, K, b["image"], steps, lr, 0.5, region)
+        return kp_err(R, t)
 
     starts = {}
     for deg, px in ((5, 2), (10, 4), (15, 8)):
@@ -345,7 +330,8 @@ def basin(data_root: Path, model_path: Path, objects=(1, 2), n: int = 24, steps:
         t0[:, 0] += px * torch.cos(ang) * t0[:, 2] / K[:, 0, 0]
         t0[:, 1] += px * torch.sin(ang) * t0[:, 2] / K[:, 0, 0]
         t0[:, 2] *= 1 + 0.05 * torch.sign(torch.randn(N))
-        starts[f"GT + {deg} deg / {px} px"] = (axis_angle_to_matrix(axis * math.radians(deg)) @ b["R"], t0)
+        dR = torch.as_tensor(Rotation.from_rotvec((axis * math.radians(deg)).numpy()).as_matrix(), dtype=torch.float32)
+        starts[f"GT + {deg} deg / {px} px"] = (dR @ b["R"], t0)
     with torch.no_grad():
         pnp, _ = predict_crops(model, b["image"], K, b["object_index"], obj.keypoints)
     starts["Φ's prediction"] = (pnp.R.float(), pnp.t.float())
