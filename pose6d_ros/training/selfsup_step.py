@@ -128,6 +128,8 @@ class SelfSupStep:
             raise ValueError("SelfSupStep: use_percep needs a perceptual feature extractor")
         if settings.use_occlusion and occlusion_fn is None:
             raise ValueError("SelfSupStep: use_occlusion needs an occlusion_fn")
+        if settings.percep_region not in ("crop", "silhouette"):
+            raise ValueError(f"selfsup.percep_region must be 'crop' or 'silhouette', got {settings.percep_region!r}")
         if settings.use_box and extent_points is None:
             raise ValueError("SelfSupStep: use_box needs extent_points")
         if extent_points is not None:
@@ -263,8 +265,6 @@ class SelfSupStep:
             d_box = s.box_huber_delta if s.box_huber_delta is not None else d
             parts["box"] = L.box_consistency(h1, pose_box, det_box, d_box, solved.to(h1.dtype))
         if s.use_percep:
-            if s.percep_region not in ("crop", "silhouette"):
-                raise ValueError(f"selfsup.percep_region must be 'crop' or 'silhouette', got {s.percep_region!r}")
             region = m1 if s.percep_region == "silhouette" else None
             parts["percep"] = L.perceptual_distance(self.perceptual(r1), self.perceptual(x_m), w, region)
         total = L.total_loss(parts, s.weights)  # Eq. 3
@@ -282,7 +282,6 @@ class SelfSupStep:
             "keypoints": draw_keypoints(x_r.detach(), h1.detach()),
         }
         return StepOutput(losses=losses, metrics=metrics, images=images)
-
 
     def _refine_loss(self, trainer, real, x_clean, h1, R1, t1, solved, kp3, K) -> torch.Tensor:
         """L_refine (ours): Huber between h1 and the keypoints of the crop's cached refined pose."""
