@@ -407,17 +407,24 @@ def _round(a: Any) -> list[float]:
 # ---------------------------------------------------------------------- geometry
 
 
-def mesh_diameter(vertices: np.ndarray) -> float:
-    """Largest distance between two of ``vertices`` ``(N, 3)``; the farthest pair lies on the
-    convex hull, so only hull vertices are compared (exact, ``O(H^2)``)."""
+def hull_vertices(vertices: np.ndarray) -> np.ndarray:
+    """The convex-hull vertices of ``vertices`` ``(N, 3)`` (float64); all of them for degenerate
+    (flat) point sets. Extremes of any linear function, distances included, lie among them."""
     from scipy.spatial import ConvexHull, QhullError
-    from scipy.spatial.distance import pdist
 
     v = np.asarray(vertices, dtype=float)
     try:
-        v = v[ConvexHull(v).vertices]
-    except (QhullError, ValueError):  # degenerate (flat) point sets: fall back to all points
-        pass
+        return v[ConvexHull(v).vertices]
+    except (QhullError, ValueError):
+        return v
+
+
+def mesh_diameter(vertices: np.ndarray) -> float:
+    """Largest distance between two of ``vertices`` ``(N, 3)``; the farthest pair lies on the
+    convex hull, so only hull vertices are compared (exact, ``O(H^2)``)."""
+    from scipy.spatial.distance import pdist
+
+    v = hull_vertices(vertices)
     return float(pdist(v).max()) if len(v) > 1 else 0.0
 
 

@@ -44,15 +44,11 @@ class RunObjects:
     def extent_points(self, max_points: int = 128) -> torch.Tensor:
         """``(N, P, 3)`` metres: convex-hull vertices of each mesh (their projection spans the same 2D
         box as the silhouette), at most ``max_points`` per object, repeated up to a common ``P``."""
-        from scipy.spatial import ConvexHull, QhullError
+        from pose6d_ros.registry import hull_vertices
 
         sets = []
         for oid in self.ids:
-            v = np.asarray(self.registry.get(oid).model_vertices(), dtype=np.float64)
-            try:
-                v = v[ConvexHull(v).vertices]
-            except (QhullError, ValueError):  # flat meshes: every vertex
-                pass
+            v = hull_vertices(self.registry.get(oid).model_vertices())
             if len(v) > max_points:
                 v = v[np.random.default_rng(0).choice(len(v), max_points, replace=False)]
             sets.append(v)

@@ -263,8 +263,8 @@ def box_consistency(
 
 
 def total_loss(losses: Dict[str, torch.Tensor], weights: LossWeights = LossWeights()) -> torch.Tensor:
-    """Eq. 3: ``λ1 L_pose + λ2 L_pose2 + λ3 L_sup + λ4 L_percep`` (+ ``λ_box L_box``, ours) over the
-    terms present.
+    """Eq. 3: ``λ1 L_pose + λ2 L_pose2 + λ3 L_sup + λ4 L_percep`` (+ ``λ_box L_box`` and
+    ``λ_refine L_refine``, ours) over the terms present.
 
     ``losses`` maps ``"pose"``, ``"pose2"``, ``"sup"``, ``"percep"``, ``"box"``, ``"refine"`` to scalars; missing keys are
     switched-off components. Unknown keys raise, so a typo cannot silently drop a term.
