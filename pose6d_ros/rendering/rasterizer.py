@@ -109,16 +109,19 @@ def project(points: torch.Tensor, K: torch.Tensor) -> Tuple[torch.Tensor, torch.
 
 def _expand(counts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """For ``counts (N,)`` return ``owner (T,)`` and ``local (T,)``: item ``n`` repeated ``counts[n]``
-    times and ``0..counts[n]-1`` for each, ``T = counts.sum()`` (both of ``counts``' dtype).
+    times and ``0..counts[n]-1`` for each, ``T = counts.sum()`` (both of ``counts``' dtype, or int64
+    when ``T`` does not fit it: the total counts candidates, not pixels, so it can exceed int32).
 
     ``owner`` is a prefix sum of item starts rather than ``repeat_interleave``, which is several
     times slower on the CPU: the start of every item but the first is marked once per item
     beginning there (empty items share their successor's start), so the running count of marks is
     the owner.
     """
-    dt, dev = counts.dtype, counts.device
-    ends = torch.cumsum(counts, 0, dtype=dt)
+    dev = counts.device
+    ends = torch.cumsum(counts, 0, dtype=torch.int64)
     total = int(ends[-1]) if counts.numel() else 0
+    dt = counts.dtype if total < torch.iinfo(counts.dtype).max else torch.int64
+    ends, counts = ends.to(dt), counts.to(dt)
     starts = ends - counts
     marks = torch.zeros(total + 1, dtype=dt, device=dev)
     marks.index_add_(0, starts[1:], torch.ones(1, dtype=dt, device=dev).expand(max(starts.shape[0] - 1, 0)))
