@@ -378,7 +378,7 @@ def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Tensor, ite
 
 
 def _stationarity(x2: Tensor, X3: Tensor, K: Tensor, w: Tensor, R: Tensor, t: Tensor,
-                  huber_delta: Optional[float], hessian: bool = True):
+                  huber_delta: Optional[float], eye3: Tensor):
     """Gradient ``g (B,6)`` and exact Hessian ``H (B,6,6)`` of ``f`` at ``(R, t)``, analytic.
 
     The pose is perturbed on the left, ``P(δ) = exp(ω) P + v`` with ``δ = (ω, v)`` and
@@ -392,7 +392,7 @@ def _stationarity(x2: Tensor, X3: Tensor, K: Tensor, w: Tensor, R: Tensor, t: Te
     (BPnP, Chen et al. 2020, needs exactly this Hessian; unrolling the solver would not).
     ``∇²e`` of the projection is ``(f/z²)[[0, 0, −1], [0, 0, 0], [−1, 0, 2x]]`` for ``u``.
 
-    Returns ``g, H`` (``H`` only if ``hessian``) and ``JT (B,6,2,N)``, ``a, b (B,N)``,
+    ``eye3`` is the cached 3x3 identity. Returns ``g, H`` and ``JT (B,6,2,N)``, ``a, b (B,N)``,
     ``e (B,2,N)`` for the closed-form 2D gradient.
     """
     B, N = x2.shape[:2]
@@ -415,8 +415,6 @@ def _stationarity(x2: Tensor, X3: Tensor, K: Tensor, w: Tensor, R: Tensor, t: Te
                       torch.stack((-1 - y * y, xy, x, zero, iz, -y * iz), 1) * f[:, 1:]), 2)
     phi = a[:, None] * e
     g = (JT * phi[:, None]).sum((2, 3))
-    if not hessian:
-        return g, None, JT, a, b, e
     JTf = JT.reshape(B, 6, 2 * N)
     q = (JT * e[:, None]).sum(2)
     H = (JTf * a.repeat(1, 2)[:, None]) @ JTf.mT - (q * b[:, None]) @ q.mT
@@ -431,7 +429,6 @@ def _stationarity(x2: Tensor, X3: Tensor, K: Tensor, w: Tensor, R: Tensor, t: Te
     nm = n @ m.mT
     H = H - nm - nm.mT + (m * (2 * gam * iz2)[:, None]) @ m.mT
     CP = (torch.stack((al, be, -gam), 1) * iz[:, None]) @ P.mT
-    eye3 = torch.eye(3, dtype=x2.dtype, device=x2.device)
     Hww = 0.5 * (CP + CP.mT) - CP.diagonal(dim1=1, dim2=2).sum(1)[:, None, None] * eye3
     H = H + torch.nn.functional.pad(Hww, (0, 3, 0, 3))
     return g, H, JT, a, b, e
@@ -468,7 +465,7 @@ class _PnPFunction(torch.autograd.Function):
             X3 = torch.where(f3, k.dummy_3d, inputs[1])
             Kc = torch.where(f3, k.eye3, inputs[2])
             w = torch.where(f1, 1.0, inputs[3])
-            g, H, JT, a, b, e = _stationarity(x2, X3, Kc, w, R, t, ctx.huber_delta)
+            g, H, JT, a, b, e = _stationarity(x2, X3, Kc, w, R, t, ctx.huber_delta, k.eye3)
         # dL/dδ for R(δ) = exp(ω) R, t(δ) = exp(ω) t + v: Σ_j Y_j x G_j over the columns of [R | t].
         Y = torch.cat((R, t[:, :, None]), 2)
         G = torch.cat((grad_R, grad_t[:, :, None]), 2)
