@@ -163,12 +163,14 @@ def _crop_pixel_centres(hc: int, wc: int, dtype: torch.dtype, device: torch.devi
     """``(Hc, Wc, 2)`` crop pixel centres as fractions of the crop, ``((j + 0.5) / Wc, (i + 0.5) / Hc)``.
 
     Constant per crop size: cached, so that a frame's handful of windows does not rebuild it. Callers
-    must not modify it in place.
+    must not modify it in place. Built outside inference mode even when first asked for inside it: a
+    cached inference tensor would break every later crop whose windows require grad.
     """
-    xs = (torch.arange(wc, dtype=torch.float64) + 0.5) / wc
-    ys = (torch.arange(hc, dtype=torch.float64) + 0.5) / hc
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack((gx, gy), dim=-1).to(device, dtype)
+    with torch.inference_mode(False):
+        xs = (torch.arange(wc, dtype=torch.float64) + 0.5) / wc
+        ys = (torch.arange(hc, dtype=torch.float64) + 0.5) / hc
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        return torch.stack((gx, gy), dim=-1).to(device, dtype)
 
 
 def crop_grid(windows: torch.Tensor, image_hw: Tuple[int, int], size: Union[int, Tuple[int, int]]) -> torch.Tensor:

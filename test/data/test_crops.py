@@ -191,3 +191,18 @@ class TestResampling:
         img = torch.rand(1, 2, 8, 8, dtype=torch.float64, requires_grad=True)
         wins = torch.tensor([[1.3, 0.1, 6.7, 5.5]], dtype=torch.float64)
         assert torch.autograd.gradcheck(lambda x: crop_images(x, wins, 4), (img,))
+
+
+def test_crop_grid_cache_first_filled_under_inference_mode():
+    """The cached pixel-centre grid, first built inside inference mode, still serves a crop whose
+    windows require grad (a cached inference tensor cannot be saved for backward)."""
+    import torch
+
+    from pose6d_ros.data import crops
+
+    crops._crop_pixel_centres.cache_clear()
+    with torch.inference_mode():
+        crops.crop_grid(torch.tensor([[0.0, 0.0, 8.0, 8.0]]), (16, 16), 5)
+    windows = torch.tensor([[1.0, 2.0, 9.0, 10.0]], requires_grad=True)
+    crops.crop_grid(windows, (16, 16), 5).sum().backward()
+    assert windows.grad is not None and torch.isfinite(windows.grad).all()
