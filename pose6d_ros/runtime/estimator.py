@@ -232,7 +232,7 @@ class Estimator:
         index = torch.as_tensor(obj_index, device=device)
         normalised = self.predictor.predict(crops, index, torch.as_tensor(det_index))
         # Geometry in float64 on the CPU: a handful of small problems, precision matters more.
-        uv_img = _crop_to_image(normalised.detach().to("cpu", torch.float64), windows, S)
+        uv_img = _crop_to_image(normalised.detach().to("cpu", torch.float64), windows)
         B = uv_img.shape[0]
         K64 = camera.K_tensor(torch.float64).expand(B, 3, 3)
         finite_kp = torch.isfinite(uv_img).flatten(1).all(dim=1)
@@ -317,10 +317,9 @@ def _checked_image(image, camera: CameraModel) -> torch.Tensor:
     return image
 
 
-def _crop_to_image(normalised: torch.Tensor, windows: torch.Tensor, size: int) -> torch.Tensor:
+def _crop_to_image(normalised: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
     """Normalised crop coordinates ``(B, K, 2)`` -> full-image pixels through the inverse of the crop
-    mapping ``u_crop = (u - x0) * S / (x1 - x0) - 0.5`` (conventions.md); ``size`` is S, which
-    cancels out."""
+    mapping ``u_crop = (u - x0) * S / (x1 - x0) - 0.5`` (conventions.md); the crop side S cancels out."""
     # u_crop + 0.5 = (n + 1) * S / 2 (normalized_to_pixels), so u = (n + 1) * (x1 - x0) / 2 + x0.
     origin = windows[:, None, :2]
     half = (windows[:, None, 2:] - origin) * 0.5
