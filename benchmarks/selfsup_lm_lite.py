@@ -78,10 +78,15 @@ def _cached_row(path: Path, run) -> Dict[str, float]:
 
 
 def run_tables(mode: str, out: Path, data_root: Path, stages=("synthetic", "real", "selfsup", "ablation"),
-               selfsup_overrides: Dict[str, Any] | None = None, objects=None, ablations=None) -> Dict[str, Any]:
+               selfsup_overrides: Dict[str, Any] | None = None, objects=None, ablations=None,
+               mode_overrides: Dict[str, int] | None = None) -> Dict[str, Any]:
     from pose6d_ros.training import selfsup, supervised
 
     m = dict(MODES[mode])
+    unknown = set(mode_overrides or {}) - set(m)
+    if unknown:
+        raise ValueError(f"--mode-set: unknown key(s) {sorted(unknown)}; known: {sorted(m)}")
+    m.update(mode_overrides or {})
     if objects:  # e.g. other objects than the table's, to choose hyper-parameters on
         m["objects"], m["ablation_object"] = list(objects), list(objects)[0]
     base = {
@@ -363,6 +368,8 @@ def main() -> None:
     ap.add_argument("--ablations", default=None, help="';'-separated Table 3 rows to run (default: all)")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="selfsup.KEY=VALUE overrides for the self-supervised and ablation runs")
+    ap.add_argument("--mode-set", dest="mode_overrides", action="append", default=[], metavar="KEY=INT",
+                    help="override one of the mode's integer settings, e.g. ss_steps=600 or real_steps=1500")
     a = ap.parse_args()
     if a.throughput:
         r = throughput()
@@ -378,7 +385,8 @@ def main() -> None:
         over = apply_overrides({}, a.overrides).get("selfsup", {})
         objs = [int(o) for o in a.objects.split(",")] if a.objects else None
         abl = [x.strip() for x in a.ablations.split(";")] if a.ablations else None
-        res = run_tables(a.mode, out, Path(a.data), tuple(a.stages.split(",")), over, objs, abl)
+        mode_over = {k: int(v) for k, v in (kv.split("=", 1) for kv in a.mode_overrides)}
+        res = run_tables(a.mode, out, Path(a.data), tuple(a.stages.split(",")), over, objs, abl, mode_over)
         text = markdown(res)
         print(text)
         (out / "results.md").write_text(text)

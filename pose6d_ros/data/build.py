@@ -128,10 +128,12 @@ def _render_job(job: tuple) -> list[dict]:
 
 def build(suite: str, out: Path, images_per_object: int = 120, seed: int = 0, workers: int = 2,
           train_fraction: float = 0.15, diag_fraction: float = 0.05, depth: bool = False,
-          object_ids: Sequence[int] | None = None, chunk: int = 8, log=print, cfg=None) -> dict:
+          object_ids: Sequence[int] | None = None, chunk: int = 8, log=print, cfg=None,
+          appearance: str = "standard") -> dict:
     """Build the simulated real dataset of ``suite`` into ``out``; returns the build summary.
 
-    ``cfg`` is a ``simreal.RealDomainConfig`` (default: the LINEMOD-like defaults).
+    ``cfg`` is a ``simreal.RealDomainConfig`` (default: the LINEMOD-like defaults); ``appearance``
+    names its preset in the summary.
     """
     from pose6d_ros.data import bop
     from pose6d_ros.data.simreal import RealDomainConfig, sample_frames
@@ -174,7 +176,7 @@ def build(suite: str, out: Path, images_per_object: int = 120, seed: int = 0, wo
                     log(f"  {len(records)}/{n_frames} frames, {time.time() - t0:.0f} s")
     _write_annotations(out, records, cfg)
     summary = dict(suite=suite, images_per_object=images_per_object, seed=seed, workers=workers,
-                   train_fraction=train_fraction, diag_fraction=diag_fraction, frames=n_frames,
+                   train_fraction=train_fraction, diag_fraction=diag_fraction, appearance=appearance, frames=n_frames,
                    objects=len(ids), counts={s: sum(len(v) for v in sc.values()) for s, sc in plan.splits.items()},
                    seconds=round(time.time() - t0, 1))
     (out / "build_info.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -229,6 +231,7 @@ def _write_models(registry, models_dir: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    from pose6d_ros.data.simreal import APPEARANCE, RealDomainConfig
     from pose6d_ros.data.suites import SUITE_NAMES
 
     p = argparse.ArgumentParser(description="Build a simulated real dataset (BOP format) for an object suite.")
@@ -241,9 +244,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--diag-fraction", type=float, default=0.05, help="labelled diagnostic share")
     p.add_argument("--depth", action="store_true", help="also write depth PNGs (0.1 mm units)")
     p.add_argument("--objects", type=int, nargs="*", help="only these object ids")
+    p.add_argument("--appearance", choices=sorted(APPEARANCE), default="standard",
+                   help="camera appearance preset of the simulated real domain (simreal.APPEARANCE)")
     a = p.parse_args(argv)
     return build(a.suite, a.out, a.images_per_object, a.seed, a.workers, a.train_fraction, a.diag_fraction,
-                 a.depth, a.objects)
+                 a.depth, a.objects, cfg=RealDomainConfig(**APPEARANCE[a.appearance]), appearance=a.appearance)
 
 
 if __name__ == "__main__":

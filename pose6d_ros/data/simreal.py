@@ -58,6 +58,16 @@ class RealDomainConfig:
         wb_gain: max relative per-channel white-balance error.
         gamma: range of the gamma applied to the image.
         vignette: range of the darkening at the image corners.
+        motion_blur_px: range of the length of a linear motion blur (camera or arm motion during the
+            exposure), random direction; 0 = none.
+        exposure: range of the exposure gain applied before the sensor clips (> 1 blows out highlights).
+        saturation: range of the colour saturation of the camera's processing (< 1: duller colours).
+        resolution_scale: range of the sensor's effective resolution relative to the frame (optics,
+            demosaicing and on-camera scaling soften detail): the frame is resampled down and back up.
+        bayer: sample the image through an RGGB colour filter array and demosaic it (bilinear),
+            as a raw sensor does: colour fringes at edges.
+
+    The defaults are the original ``lm-lite`` appearance; :data:`APPEARANCE` holds named presets.
     """
 
     width: int = 640
@@ -82,6 +92,21 @@ class RealDomainConfig:
     wb_gain: float = 0.15
     gamma: tuple[float, float] = (0.8, 1.25)
     vignette: tuple[float, float] = (0.0, 0.4)
+    motion_blur_px: tuple[float, float] = (0.0, 0.0)
+    exposure: tuple[float, float] = (1.0, 1.0)
+    saturation: tuple[float, float] = (1.0, 1.0)
+    resolution_scale: tuple[float, float] = (1.0, 1.0)
+    bayer: bool = False
+
+
+#: Named appearance presets of the simulated real domain (``build --appearance``). ``hard`` adds what a
+#: low-cost RGB-D camera's colour stream does to an image and a renderer does not: motion blur, a
+#: lower effective resolution, clipped highlights, duller colours and a Bayer sensor's demosaicing.
+APPEARANCE: dict[str, dict] = {
+    "standard": {},
+    "hard": dict(motion_blur_px=(0.0, 6.0), exposure=(0.8, 1.8), saturation=(0.45, 1.0),
+                 resolution_scale=(0.4, 0.8), bayer=True, blur_sigma=(0.3, 1.5), noise_std=(0.01, 0.05)),
+}
 
 
 @dataclass
@@ -97,6 +122,8 @@ class FrameSpec:
         photo: index into :data:`PHOTOS`; ``photo_box`` ``(x0, y0, side_frac, flip)`` crop of it.
         wb: ``(3,)`` white-balance gains; gamma, vignette, blur_sigma, noise_std, jpeg_quality.
         noise_seed: seed of the sensor noise.
+        motion_px, motion_angle: length (pixels) and direction (radians) of the motion blur.
+        exposure, saturation, resolution_scale, bayer: camera processing (see ``RealDomainConfig``).
     """
 
     scene_id: int
@@ -116,6 +143,12 @@ class FrameSpec:
     noise_std: float
     jpeg_quality: int
     noise_seed: int
+    motion_px: float = 0.0
+    motion_angle: float = 0.0
+    exposure: float = 1.0
+    saturation: float = 1.0
+    resolution_scale: float = 1.0
+    bayer: bool = False
 
 
 @dataclass
@@ -238,7 +271,11 @@ def sample_frames(registry: ObjectRegistry, obj_id: int, im_ids: Sequence[int], 
             vignette=float(rng.uniform(*cfg.vignette)), blur_sigma=float(rng.uniform(*cfg.blur_sigma)),
             noise_std=float(rng.uniform(*cfg.noise_std)),
             jpeg_quality=int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1)),
-            noise_seed=int(rng.integers(2 ** 31))))
+            noise_seed=int(rng.integers(2 ** 31)),
+            # drawn last, so that the frames of the standard appearance are unchanged by these fields
+            motion_px=float(rng.uniform(*cfg.motion_blur_px)), motion_angle=float(rng.uniform(0, np.pi)),
+            exposure=float(rng.uniform(*cfg.exposure)), saturation=float(rng.uniform(*cfg.saturation)),
+            resolution_scale=float(rng.uniform(*cfg.resolution_scale)), bayer=cfg.bayer))
     return specs
 
 
@@ -458,22 +495,60 @@ class RealRenderer:
 
 
 def degrade(img: np.ndarray, spec: FrameSpec, cfg: RealDomainConfig) -> np.ndarray:
-    """Camera effects on a float ``(H, W, 3)`` image in [0, 1] -> uint8 RGB: white balance, gamma,
-    vignetting, blur, sensor noise, JPEG."""
+    """Camera effects on a float ``(H, W, 3)`` image in [0, 1] -> uint8 RGB: motion blur, exposure,
+    white balance, saturation, gamma, vignetting, blur, effective resolution, sensor noise, Bayer
+    demosaicing, JPEG."""
     import cv2
 
     H, W = img.shape[:2]
-    img = np.clip(img * spec.wb[None, None], 0, 1) ** spec.gamma
+    if spec.motion_px >= 1.0:
+        img = cv2.filter2D(img, -1, motion_kernel(spec.motion_px, spec.motion_angle), borderType=cv2.BORDER_REFLECT)
+    img = np.clip(img * spec.exposure * spec.wb[None, None], 0, 1)
+    if spec.saturation != 1.0:
+        grey = img @ np.array([0.299, 0.587, 0.114], np.float32)
+        img = grey[..., None] + spec.saturation * (img - grey[..., None])
+    img = img ** spec.gamma
     yy, xx = np.mgrid[0:H, 0:W]
     r2 = ((xx - W / 2) ** 2 + (yy - H / 2) ** 2) / ((W / 2) ** 2 + (H / 2) ** 2)
     img = img * (1.0 - spec.vignette * r2)[..., None]
     if spec.blur_sigma > 0.3:
         img = cv2.GaussianBlur(img, (0, 0), spec.blur_sigma)
+    if spec.resolution_scale < 1.0:
+        small = (max(1, round(W * spec.resolution_scale)), max(1, round(H * spec.resolution_scale)))
+        img = cv2.resize(cv2.resize(img, small, interpolation=cv2.INTER_AREA), (W, H), interpolation=cv2.INTER_LINEAR)
     rng = np.random.default_rng(spec.noise_seed)
     img = img + rng.normal(0, spec.noise_std, img.shape).astype(np.float32)
     u8 = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+    if spec.bayer:
+        u8 = demosaic_rggb(u8)
     ok, buf = cv2.imencode(".jpg", u8[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, spec.jpeg_quality])
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy()
+
+
+def motion_kernel(length: float, angle: float) -> np.ndarray:
+    """Normalised kernel of a linear motion blur: a line of ``length`` pixels at ``angle`` (radians,
+    from the image x axis) through the kernel's centre, anti-aliased by supersampling."""
+    half = int(np.ceil(length / 2))
+    size = 2 * half + 1
+    s = np.linspace(-length / 2, length / 2, 8 * size)
+    k = np.zeros((size, size), np.float32)
+    np.add.at(k, (np.round(half + s * np.sin(angle)).astype(int), np.round(half + s * np.cos(angle)).astype(int)), 1.0)
+    return k / k.sum()
+
+
+def demosaic_rggb(rgb: np.ndarray) -> np.ndarray:
+    """What a raw sensor makes of ``rgb`` (uint8 ``(H, W, 3)``): keep one channel per pixel of an RGGB
+    colour filter array, then demosaic it bilinearly (OpenCV)."""
+    import cv2
+
+    H, W = rgb.shape[:2]
+    raw = np.empty((H, W), np.uint8)
+    raw[0::2, 0::2] = rgb[0::2, 0::2, 0]
+    raw[0::2, 1::2] = rgb[0::2, 1::2, 1]
+    raw[1::2, 0::2] = rgb[1::2, 0::2, 1]
+    raw[1::2, 1::2] = rgb[1::2, 1::2, 2]
+    # OpenCV names Bayer patterns by the second row's first two pixels: RGGB is its "BayerBG".
+    return cv2.cvtColor(raw, cv2.COLOR_BayerBG2RGB)
 
 
 def bbox_of(mask: np.ndarray) -> tuple[int, int, int, int]:
