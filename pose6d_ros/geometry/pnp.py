@@ -106,9 +106,8 @@ def solve_pnp(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Optional
                         f"({points_2d.dtype}, {points_3d.dtype}, {K.dtype})")
     if tol is None:
         tol = 1e-6 if points_2d.dtype == torch.float64 else 1e-3
-    w = weights if weights is not None else points_2d.new_ones(B, N)
-    tensors = (points_2d, points_3d, K, w)
-    if torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
+    tensors = (points_2d, points_3d, K, weights)
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors):
         R, t, failed, err, iters = _PnPFunction.apply(*tensors, iterations, huber_delta, tol)
         return PnPResult(R, t, failed, err, int(iters))
     with torch.no_grad():
@@ -138,7 +137,11 @@ class _Constants:
     dummy_2d: Tensor  # (N, 2) their exact projection at R = I, t = (0, 0, 1), K = I
     eye3: Tensor
     eye6: Tensor
-    eye2_blocks: Tensor  # (1, 2, 1, 2, 1): spreads [X, 1] onto the u rows then the v rows
+    ones: Tensor  # (1, N): unit weights
+    wn_unit: Tensor  # (1, 1, N): unit weights normalised to sum 1
+    flat2_form: Tensor  # (16, 1): vec(c cᵀ) @ flat2_form = 4 det(C2) − ratio tr(C2)², c = vec(C2)
+    had: Tensor  # (2, 2) [[1, 1], [1, −1]], and had_s = had / √2 (orthogonal)
+    had_s: Tensor
     e_z: Tensor  # (3, 1)
     diag_flip: Tensor  # diag(1, 1, -1)
     flip_neg: Tensor  # (3, 1): (-1, -1, 1)
@@ -166,14 +169,20 @@ def _constants(N: int, dtype: torch.dtype, device: torch.device) -> _Constants:
         ang = i * 2.399963  # golden angle: no two points coincide for any N
         d3 = 0.1 * torch.stack((ang.cos(), ang.sin(), (i % 3 - 1) * 0.5), -1)
         d2 = d3[:, :2] / (d3[:, 2:] + 1)
-        eye2 = torch.eye(2, **kw)
         eye6 = torch.eye(6, **kw)
+        r = _DEGENERATE_RATIO
+        form = torch.zeros(4, 4, **kw)  # over vec(C2) = (c00, c01, c10, c11)
+        form[0, 3] = form[3, 0] = 2 - r
+        form[1, 2] = form[2, 1] = -2.0
+        form[0, 0] = form[3, 3] = -r
+        had = torch.tensor([[1.0, 1.0], [1.0, -1.0]], **kw)
         step_rot = torch.zeros(6, 9, **kw)
         step_rot[:3] = -torch.tensor(_SKEW, **kw).T
         step_trans = torch.zeros(6, 3, 4, **kw)
         step_trans[3:, :, 3] = torch.diag(torch.tensor([-1.0, -1.0, 1.0], **kw))
         return _Constants(
-            dummy_3d=d3, dummy_2d=d2, eye3=torch.eye(3, **kw), eye6=eye6, eye2_blocks=eye2.view(1, 2, 1, 2, 1),
+            dummy_3d=d3, dummy_2d=d2, eye3=torch.eye(3, **kw), eye6=eye6, ones=torch.ones(1, N, **kw),
+            wn_unit=torch.full((1, 1, N), 1.0 / N, **kw), flat2_form=form.view(16, 1), had=had, had_s=math.sqrt(0.5) * had,
             e_z=torch.tensor([[0.0], [0.0], [1.0]], **kw), diag_flip=torch.diag(torch.tensor([1.0, 1.0, -1.0], **kw)),
             flip_neg=torch.tensor([[-1.0], [-1.0], [1.0]], **kw),
             step_rot=step_rot, step_trans=step_trans.view(6, 12),
@@ -185,63 +194,71 @@ def _constants(N: int, dtype: torch.dtype, device: torch.device) -> _Constants:
             one=torch.ones((), **kw), inf=torch.tensor(float("inf"), **kw), t_failed=torch.tensor([0.0, 0.0, 1.0], **kw))
 
 
-def _flat3(C: Tensor) -> Tensor:
-    """``det(C) / (tr(C)/3)^3`` for a ``(B, 3, 3)`` covariance of trace 1."""
-    return 27 * torch.linalg.vecdot(C[:, 0], torch.linalg.cross(C[:, 1], C[:, 2]))
-
-
-def _dlt(xn: Tensor, Xs: Tensor, Xh: Tensor, wn: Tensor, m2: Tensor, f2: Tensor,
-         k: _Constants) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _dlt(xn: Tensor, Xh: Tensor, wn: Tensor, m2: Tensor, k: _Constants) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Weighted DLT with ``t_z = 1`` normalisation, in a virtual camera facing the points.
 
     ``Xs`` is centred, so ``t_z`` is the depth of the model centre, > 0 for an object in front of
     the camera. The camera is first rotated (``R_v``) so that the mean viewing ray ``m2`` is its
     optical axis: the image points are then centred (Hartley's normalisation, done by a rotation
     so that the DLT form is kept), which stops the poorly observed perspective row ``m3`` from
-    leaking into ``m1, m2`` for small, far objects. ``R`` is the symmetric orthonormalisation of
-    ``m1, m2`` (not the polar factor, but within a few degrees of it, which is all LM needs, and
-    no batched SVD), ``r3 = r1 x r2``.
+    leaking into ``m1, m2`` for small, far objects.
 
-    Args: ``xn (B,2,N)`` normalised image points, ``Xs (B,3,N)`` centred unit-RMS model points,
-    ``Xh (B,4,N)`` = ``[Xs; 1]``, ``wn (B,1,N)`` weights summing to 1, ``m2 (B,2,1)`` weighted
-    mean of ``xn``, ``f2 (B,2,1)`` squared focal lengths.
+    The least-squares system is solved by elimination, not as one 11x11 system: in a whitened
+    basis ``X̂ = L⁻¹ [Xs; 1]`` (``L Lᵀ = Σ w [Xs; 1][Xs; 1]ᵀ``, Cholesky), the rows of ``P`` for
+    ``u`` and ``v`` are ``m_c = S_c m̂3`` with ``S_c = Σ w x_c X̂ X̂ᵀ`` and ``m̂3 = (m3, 1)``, and
+    ``m3`` solves the 3x3 Schur complement ``(S_ρ − Σ_c S_c²)[:3] m̂3 = 0``, ``ρ = x_u² + x_v²``
+    (the same minimiser, in the same basis change that LU's first pivots would make).
+    ``R`` is the symmetric orthonormalisation of ``m1, m2`` (not the polar factor, but within a
+    few degrees of it, which is all LM needs, and no batched SVD), ``r3 = r1 x r2``.
+
+    Args: ``xn (B,2,N)`` normalised image points, ``Xh (B,4,N)`` = ``[Xs; 1]`` with ``Xs``
+    centred and of unit weighted RMS, ``wn (B,1,N)`` weights summing to 1, ``m2 (B,2,1)``
+    weighted mean of ``xn``.
 
     Returns ``T (B,3,4) = [R | t]``, ``reversed (B,)`` (``m3`` opposite to ``m1 x m2``: the
-    projective fit sees the points from behind), ``sq_err (B,)``, the projective camera's
-    weighted squared reprojection error in pixels (normalised weights), the unconstrained
-    reference the constrained optimum is tested against, and ``flat3 (B,)``: the model points
-    are coplanar or collinear.
+    projective fit sees the points from behind), ``flat3 (B,)`` (the model points are coplanar
+    or collinear: ``det Σ w Xs Xsᵀ < ratio/27`` or a failed Cholesky), and the virtual
+    rotation ``Rv (B,3,3)`` and projective camera ``P (B,3,4)`` for :func:`_dlt_sq_err`.
     """
     B, N = xn.shape[0], xn.shape[2]
-    ray = torch.cat((m2, k.one.expand(B, 1, 1)), 1)
+    one = k.one.expand(B, 1, 1)
+    ray = torch.cat((m2, one), 1)
     # Rv = D (I − 2 n nᵀ), D = diag(1, 1, −1), n ∝ a + e_z: two reflections, a -> −e_z -> e_z,
     # so the rotation about a x e_z taking a to e_z; |a + e_z|² = 2 (1 + a_z) = 2 (a + e_z)_z.
     u = ray / torch.linalg.vector_norm(ray, dim=1, keepdim=True) + k.e_z
     Rv = torch.addcmul(k.diag_flip, u * k.flip_neg, (u / u[:, 2:]).mT)
     bear = torch.baddbmm(Rv[:, :, 2:], Rv[:, :, :2], xn)
     xv = bear[:, :2] / bear[:, 2:]
-    # Rows (u, v) x points of [A | b] for p = (m1, p4, m2, p8, m3), transposed: (B, 12, 2, N).
-    XhE = (Xh[:, None, :, None, :] * k.eye2_blocks).view(B, 8, 2, N)
-    A = torch.cat((XhE, (xv[:, None] * Xs[:, :, None]).neg_(), xv[:, None]), 1).view(B, 12, 2 * N)
-    G = torch.bmm(A * wn.repeat(1, 1, 2), A.mT)
-    # G's top-left block is Σ w Xs Xsᵀ (trace 1): flat (coplanar or collinear) model points.
-    flat3 = _flat3(G[:, :3, :3]) < _DEGENERATE_RATIO
-    p, _ = torch.linalg.solve_ex(G[:, :11, :11], G[:, :11, 11:])
-    P = torch.cat((p.view(B, 11), k.one.expand(B, 1)), 1).view(B, 3, 4)
-    nab = torch.linalg.vector_norm(P[:, :2, :3], dim=2, keepdim=True)
-    ab = P[:, :2, :3] / nab
-    a0, a1 = ab.unbind(1)
-    cd = torch.stack((a0 + a1, a0 - a1), 1)
-    cd = cd * (math.sqrt(0.5) / torch.linalg.vector_norm(cd, dim=2, keepdim=True))
-    c0, c1 = cd.unbind(1)
-    r1, r2 = c0 + c1, c0 - c1
-    r3 = torch.linalg.cross(r1, r2)
+    Xhw = Xh * wn
+    L, info = torch.linalg.cholesky_ex(torch.bmm(Xhw, Xh.mT))
+    # prod(diag L)² = det Σ w Xs Xsᵀ (trace 1; the homogeneous row adds a factor ~1).
+    flat3 = (L.diagonal(dim1=1, dim2=2).prod(1) < math.sqrt(_DEGENERATE_RATIO / 27)) | (info != 0)
+    Xw = torch.linalg.solve_triangular(L, Xh, upper=False)
+    c = torch.cat((xv, (xv * xv).sum(1, keepdim=True)), 1)
+    S = torch.bmm((c[:, :, None] * (Xw * wn)[:, None]).reshape(B, 12, N), Xw.mT)  # S_u, S_v, S_ρ
+    Su = S[:, :8]
+    Dm = S[:, 8:11] - torch.bmm(Su.mT, Su)[:, :3]
+    m3, _ = torch.linalg.solve_ex(Dm[:, :, :3], Dm[:, :, 3:])
+    m3h = torch.cat((m3.neg(), one), 1)
+    Pw = torch.cat((torch.bmm(Su, m3h).view(B, 2, 4), m3h.mT), 1)
+    P = torch.linalg.solve_triangular(L, Pw, upper=False, left=False)  # back to the [Xs; 1] basis
+    m12 = P[:, :2, :3]
+    nab = torch.linalg.vector_norm(m12, dim=2, keepdim=True)
+    cd = torch.matmul(k.had, m12 / nab)  # a + b, a − b of the unit rows a, b: orthogonal
+    r12 = torch.matmul(k.had_s, cd / torch.linalg.vector_norm(cd, dim=2, keepdim=True))
+    r3 = torch.linalg.cross(r12[:, 0], r12[:, 1])
     reversed_ = torch.linalg.vecdot(P[:, 2, :3], r3) < 0
-    T = torch.bmm(Rv.mT, torch.cat((torch.stack((r1, r2, r3), 1), P[:, :, 3:] / nab.mean(1, keepdim=True)), 2))
+    Rt = torch.cat((torch.cat((r12, r3[:, None]), 1), P[:, :, 3:] / nab.mean(1, keepdim=True)), 2)
+    T = torch.bmm(Rv.mT, Rt)
+    return T, reversed_, flat3, Rv, P
+
+
+def _dlt_sq_err(Rv: Tensor, P: Tensor, Xh: Tensor, xn: Tensor, f2: Tensor, wn: Tensor) -> Tensor:
+    """The DLT's projective camera's weighted squared reprojection error in pixels (``(B,)``,
+    normalised weights): the unconstrained reference the constrained optimum is tested against."""
     proj = torch.bmm(Rv.mT @ P, Xh)
     d = proj[:, :2] / proj[:, 2:] - xn
-    sq_err = ((d * d * f2).sum(1) * wn[:, 0]).sum(1)
-    return T, reversed_, sq_err, flat3
+    return ((d * d * f2).sum(1) * wn[:, 0]).sum(1)
 
 
 class _Data(NamedTuple):
@@ -306,24 +323,33 @@ def _linearise(T: Tensor, d: _Data) -> Tuple[Tensor, Tensor, Tensor]:
     return M, cost2, torch.linalg.vecdot(g, g)
 
 
-def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Tensor, iterations: int,
+def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Optional[Tensor], iterations: int,
            huber_delta: Optional[float], tol: float):
-    """The forward solve of :func:`solve_pnp` (no autograd): ``R, t, failed, rms, iterations``."""
+    """The forward solve of :func:`solve_pnp` (no autograd): ``R, t, failed, rms, iterations``.
+
+    ``weights=None`` is unit weights (their checks and normalisation are then skipped)."""
     B, N = points_2d.shape[:2]
     dtype, device = points_2d.dtype, points_2d.device
     k = _constants(N, dtype, device)
-    # A NaN or inf anywhere in a problem's inputs reaches its sum (so does an overflowing sum of
-    # finite values, ~1e38 in float32: flagged too).
     on_cpu = device.type == "cpu"
-    total = points_2d.sum((1, 2)) + points_3d.sum((1, 2)) + K.sum((1, 2)) + weights.sum(1)
+    unit = weights is None
+    # A NaN or inf anywhere in a problem's inputs reaches its sum (so does an overflowing sum of
+    # finite values, ~1e38 in float32: flagged too); total − total is then NaN, else 0, and
+    # NaN > 0 is False.
+    total = points_2d.sum((1, 2)) + points_3d.sum((1, 2)) + K.sum((1, 2))
     f = K.diagonal(dim1=1, dim2=2)[:, :2, None]
-    valid = (torch.isfinite(total) & (f.amin((1, 2)) > 0)
-             & (weights.amin(1) >= 0) & ((weights > 0).sum(1) >= 6))
+    if unit:
+        valid = (total - total + f.amin((1, 2))) > 0
+        w = k.ones.expand(B, N)
+    else:
+        w = weights
+        total = total + w.sum(1)
+        valid = ((total - total + f.amin((1, 2))) > 0) & (w.amin(1) >= 0) & ((w > 0).sum(1) >= 6)
     # Sanitised copies, so that a bad problem cannot put NaN/inf into shared batched kernels:
     # an exactly solvable dummy problem, which also converges at once. (On the CPU, where the
     # check costs no device sync, the no-op where()s of an all-valid batch are skipped.)
     bad = ~valid
-    x2, X3, w = points_2d, points_3d, weights
+    x2, X3 = points_2d, points_3d
     if not on_cpu or bool(bad.any()):
         b3 = bad[:, None, None]
         x2 = torch.where(b3, k.dummy_2d, x2)
@@ -331,23 +357,23 @@ def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Tensor, ite
         K = torch.where(b3, k.eye3, K)
         w = torch.where(bad[:, None], k.one, w)
         f = K.diagonal(dim1=1, dim2=2)[:, :2, None]
+        unit = False
 
     f2 = f * f
-    xn = ((x2.transpose(1, 2) - K[:, :2, 2:]) / f).contiguous()
-    wn = (w / w.sum(1, keepdim=True))[:, None]
+    xn = (x2.transpose(1, 2) - K[:, :2, 2:]) / f
+    wn = k.wn_unit.expand(B, 1, N) if unit else (w / w.sum(1, keepdim=True))[:, None]
     XT = X3.transpose(1, 2)
     cen = (XT * wn).sum(2, keepdim=True)
     Xc = XT - cen
-    scale = (Xc * Xc * wn).sum((1, 2)).sqrt().clamp_min(torch.finfo(dtype).tiny)[:, None, None]
-    Xs = Xc / scale
-    Xh = torch.cat((Xs, k.one.expand(B, 1, N)), 1)
+    scale = (Xc * Xc * wn).sum((1, 2), keepdim=True).sqrt().clamp_min(torch.finfo(dtype).tiny)
+    Xh = torch.cat((Xc / scale, k.one.expand(B, 1, N)), 1)
     m2 = (xn * wn).sum(2, keepdim=True)
     d = xn - m2
-    C2 = torch.bmm(d * wn, d.mT).view(B, 4)
-    tr2 = C2[:, 0] + C2[:, 3]
-    flat2 = 4 * torch.linalg.det(C2.view(B, 2, 2)) < _DEGENERATE_RATIO * tr2 * tr2
+    C2 = torch.bmm(d * wn, d.mT).view(B, 4, 1)
+    # Collinear image points: 4 det(C2) < ratio tr(C2)², a quadratic form in vec(C2).
+    flat2 = torch.mm((C2 * C2.mT).view(B, 16), k.flat2_form).view(B) < 0
 
-    T, reversed_, dlt_sq, flat3 = _dlt(xn, Xs, Xh, wn, m2, f2, k)
+    T, reversed_, flat3, Rv, P = _dlt(xn, Xh, wn, m2, k)
 
     # Levenberg–Marquardt, fully batched: a rejected step keeps the previous state and raises
     # the damping; no per-problem control flow. The damping starts at 0 (a Gauss–Newton step):
@@ -400,13 +426,17 @@ def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Tensor, ite
     err2 = (rt * rt * f2).sum(1)
     rms = err2.mean(1).sqrt()
     R = T[:, :, :3]
-    t = torch.baddbmm(scale * T[:, :, 3:], R, cen, alpha=-1.0).view(B, 3)
+    t = torch.baddbmm(scale.view(B, 1, 1) * T[:, :, 3:], R, cen, alpha=-1.0).view(B, 3)
+    fin = rms + t.sum(1)  # a non-finite R or t makes rms NaN
+    flags = [bad, flat3, flat2, Pc[:, 2].amin(1) <= 0, fin - fin != 0]
     # Seen from behind: the projective DLT fit needed a reversed depth row AND fits far better
     # than the best pose in front (F-test style; ratio 16 ~ p < 1e-3 for 9 points). Far small
-    # objects, where the depth row is noise, pass: there the data cannot tell.
-    behind = reversed_ & ((wn[:, 0] * err2).sum(1) > 16 * dlt_sq + 1e-4)
-    failed = (bad | flat3 | flat2 | behind | (Pc[:, 2].amin(1) <= 0)
-              | ~torch.isfinite(rms + t.sum(1)))  # a non-finite R or t makes rms NaN
+    # objects, where the depth row is noise, pass: there the data cannot tell. (The CPU skips
+    # it when no problem has a reversed depth row: the check is no device sync there.)
+    if not on_cpu or bool(reversed_.any()):
+        dlt_sq = _dlt_sq_err(Rv, P, Xh, xn, f2, wn)
+        flags.append(reversed_ & ((wn[:, 0] * err2).sum(1) > 16 * dlt_sq + 1e-4))
+    failed = torch.stack(flags).any(0)
     if not on_cpu or bool(failed.any()):
         R = torch.where(failed[:, None, None], k.eye3, R)
         t = torch.where(failed[:, None], k.t_failed, t)
@@ -502,6 +532,8 @@ class _PnPFunction(torch.autograd.Function):
         if grad_t is None:
             grad_t = torch.zeros_like(t)
         with torch.set_grad_enabled(not only_2d):
+            if weights is None:
+                weights = k.ones.expand(points_2d.shape[0], N)
             inputs = [x.detach().requires_grad_(n and not only_2d)
                       for x, n in zip((points_2d, points_3d, K, weights), needs)]
             f3 = failed[:, None, None]
