@@ -137,6 +137,7 @@ class _Constants:
     dummy_2d: Tensor  # (N, 2) their exact projection at R = I, t = (0, 0, 1), K = I
     eye3: Tensor
     eye6: Tensor
+    eye4: Tensor
     ones: Tensor  # (1, N): unit weights
     wn_unit: Tensor  # (1, 1, N): unit weights normalised to sum 1
     flat2_form: Tensor  # (16, 1): vec(c cᵀ) @ flat2_form = 4 det(C2) − ratio tr(C2)², c = vec(C2)
@@ -154,6 +155,7 @@ class _Constants:
     lm_down: Tensor
     lm_up: Tensor
     lm_floor: Tensor  # (6, 6): the damping λ diag(H) restarts from 1e-3 after a rejected step at λ = 0
+    slack: Tensor  # 1 + 1000 N eps: a cost tie
     one: Tensor
     inf: Tensor
     t_failed: Tensor
@@ -181,7 +183,7 @@ def _constants(N: int, dtype: torch.dtype, device: torch.device) -> _Constants:
         step_trans = torch.zeros(6, 3, 4, **kw)
         step_trans[3:, :, 3] = torch.diag(torch.tensor([-1.0, -1.0, 1.0], **kw))
         return _Constants(
-            dummy_3d=d3, dummy_2d=d2, eye3=torch.eye(3, **kw), eye6=eye6, ones=torch.ones(1, N, **kw),
+            dummy_3d=d3, dummy_2d=d2, eye3=torch.eye(3, **kw), eye6=eye6, eye4=torch.eye(4, **kw), ones=torch.ones(1, N, **kw),
             wn_unit=torch.full((1, 1, N), 1.0 / N, **kw), flat2_form=form.view(16, 1), had=had, had_s=math.sqrt(0.5) * had,
             e_z=torch.tensor([[0.0], [0.0], [1.0]], **kw), diag_flip=torch.diag(torch.tensor([1.0, 1.0, -1.0], **kw)),
             flip_neg=torch.tensor([[-1.0], [-1.0], [1.0]], **kw),
@@ -191,6 +193,7 @@ def _constants(N: int, dtype: torch.dtype, device: torch.device) -> _Constants:
             pool_sign=torch.tensor([[1.0], [-1.0], [1.0]], **kw),
             pool_rows=torch.tensor(_POOL_ROWS, dtype=torch.int64, device=device),
             lm_down=torch.tensor(0.1, **kw), lm_up=torch.tensor(10.0, **kw), lm_floor=1e-3 * eye6,
+            slack=torch.tensor(1 + 1000 * N * torch.finfo(dtype).eps, **kw),
             one=torch.ones((), **kw), inf=torch.tensor(float("inf"), **kw), t_failed=torch.tensor([0.0, 0.0, 1.0], **kw))
 
 
@@ -233,15 +236,16 @@ def _dlt(xn: Tensor, Xh: Tensor, wn: Tensor, m2: Tensor, k: _Constants) -> Tuple
     L, info = torch.linalg.cholesky_ex(torch.bmm(Xhw, Xh.mT))
     # prod(diag L)² = det Σ w Xs Xsᵀ (trace 1; the homogeneous row adds a factor ~1).
     flat3 = (L.diagonal(dim1=1, dim2=2).prod(1) < math.sqrt(_DEGENERATE_RATIO / 27)) | (info != 0)
-    Xw = torch.linalg.solve_triangular(L, Xh, upper=False)
+    Li = torch.linalg.solve_triangular(L, k.eye4, upper=False)
+    Xw = torch.bmm(Li, Xh)
     c = torch.cat((xv, (xv * xv).sum(1, keepdim=True)), 1)
-    S = torch.bmm((c[:, :, None] * (Xw * wn)[:, None]).reshape(B, 12, N), Xw.mT)  # S_u, S_v, S_ρ
+    S = torch.bmm((c[:, :, None] * (Xw * wn)[:, None]).view(B, 12, N), Xw.mT)  # S_u, S_v, S_ρ
     Su = S[:, :8]
     Dm = S[:, 8:11] - torch.bmm(Su.mT, Su)[:, :3]
     m3, _ = torch.linalg.solve_ex(Dm[:, :, :3], Dm[:, :, 3:])
     m3h = torch.cat((m3.neg(), one), 1)
     Pw = torch.cat((torch.bmm(Su, m3h).view(B, 2, 4), m3h.mT), 1)
-    P = torch.linalg.solve_triangular(L, Pw, upper=False, left=False)  # back to the [Xs; 1] basis
+    P = torch.bmm(Pw, Li)  # back to the [Xs; 1] basis
     m12 = P[:, :2, :3]
     nab = torch.linalg.vector_norm(m12, dim=2, keepdim=True)
     cd = torch.matmul(k.had, m12 / nab)  # a + b, a − b of the unit rows a, b: orthogonal
@@ -266,6 +270,7 @@ class _Data(NamedTuple):
 
     Xh: Tensor  # (B, 4, N) [Xs; 1], centred unit-RMS model points
     xn: Tensor  # (B, 2, N) normalised image points
+    f: Tensor  # (B, 2, 1) focal lengths
     f2: Tensor  # (B, 2, 1) squared focal lengths
     w: Tensor  # (B, N) weights
     wf2: Tensor  # (B, 1, 2N) weights of the (u, v) rows: w f²
@@ -292,8 +297,7 @@ def _linearise(T: Tensor, d: _Data) -> Tuple[Tensor, Tensor, Tensor]:
     residual or zero, so a pool of those slabs and one row gather build them (few ops: at small
     batch sizes the cost is the op count).
 
-    Returns ``M (B,7,7)`` (``H = M[:, :6, :6]``, ``g = M[:, :6, 6]``), ``2 × cost (B,)`` and
-    ``‖g‖² (B,)``.
+    Returns ``M (B,7,7)`` (``H = M[:, :6, :6]``, ``g = M[:, :6, 6]``) and ``2 × cost (B,)``.
     """
     B, N = d.w.shape
     k = d.k
@@ -304,10 +308,22 @@ def _linearise(T: Tensor, d: _Data) -> Tuple[Tensor, Tensor, Tensor]:
     Q = torch.addcmul(k.pool_E, q[:, :, None], (q * k.pool_sign)[:, None])
     JT = torch.cat((Q.view(B, 9, N), q * iz, rt, d.zero), 1).index_select(1, k.pool_rows).view(B, 7, 2 * N)
     delta = d.delta
-    rf2 = rt * d.f2
-    s2 = (rt * rf2).sum(1)
-    # The check costs a device sync: on CUDA the Huber terms are always computed.
-    if delta is None or (d.on_cpu and not bool((s2 > delta * delta).any())):
+    # The check costs a device sync: on CUDA the Huber terms are always computed. On the CPU,
+    # |r_u|, |r_v| <= δ/√2 at every point (two cheap ops) is enough to skip them; when that
+    # fails, the exact test (any s > δ) decides.
+    linear_zone = delta is not None
+    if linear_zone and d.on_cpu:
+        if B == 0:
+            linear_zone = False
+        else:
+            lo, hi = (rt * d.f).aminmax()
+            bound = delta * math.sqrt(0.5)
+            linear_zone = not (-float(lo) <= bound and float(hi) <= bound)
+    if linear_zone:
+        rf2 = rt * d.f2
+        s2 = (rt * rf2).sum(1)
+        linear_zone = not d.on_cpu or bool((s2 > delta * delta).any())
+    if not linear_zone:
         M = torch.bmm(JT * d.wf2, JT.mT)
         cost2 = M[:, 6, 6]
     else:
@@ -319,8 +335,7 @@ def _linearise(T: Tensor, d: _Data) -> Tuple[Tensor, Tensor, Tensor]:
         M[:, :6, :6].sub_(torch.bmm(bq, qh.mT))
         # 2 Σ w ρ = Σ a s² + Σ w δ (s − δ): the two differ only in the linear zone.
         cost2 = M[:, 6, 6] + (d.w * (s - delta)).sum(1) * delta
-    g = M[:, :6, 6]
-    return M, cost2, torch.linalg.vecdot(g, g)
+    return M, cost2
 
 
 def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Optional[Tensor], iterations: int,
@@ -379,11 +394,10 @@ def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Optional[Te
     # the damping; no per-problem control flow. The damping starts at 0 (a Gauss–Newton step):
     # H is ill-conditioned along the depth/scale direction, where even λ = 1e-3 of diag(H)
     # shortens the first step ~5x and costs an iteration.
-    data = _Data(Xh, xn, f2, w, (w[:, None] * f2).reshape(B, 1, 2 * N), xn.new_zeros(B, 1, N), huber_delta,
+    data = _Data(Xh, xn, f, f2, w, (w[:, None] * f2).reshape(B, 1, 2 * N), xn.new_zeros(B, 1, N), huber_delta,
                  on_cpu, k)
-    M, cost, g2 = _linearise(T, data)
+    M, cost = _linearise(T, data)
     lam: Optional[Tensor] = None  # λ I (B, 6, 6); None while it is 0 for every problem
-    one_plus_slack = 1 + 1000 * N * torch.finfo(dtype).eps
     iters = 0
     for iters in range(1, (iterations if B else 0) + 1):
         # Marquardt's damping, H + λ diag(H). A singular system gives a non-finite step, whose
@@ -400,23 +414,29 @@ def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Optional[Te
         # solve never stops the loop). Gauss–Newton gains ~40x per step at 1 px noise, so the
         # pose lands far closer to the optimum than tol, and the cost of a step that small
         # drowns in rounding anyway.
-        if tol > 0 and bool(torch.linalg.vector_norm(sol, float("inf")) < tol):
-            T = Tn
-            break
-        Mn, cn, gn2 = _linearise(Tn, data)
+        if tol > 0:
+            lo, hi = sol.aminmax()
+            if -float(lo) < tol and float(hi) < tol:
+                T = Tn
+                break
+        Mn, cn = _linearise(Tn, data)
+        # Every step taken at λ = 0 with a lower cost (the common case; on the CPU the check is
+        # no device sync): the where()s below would copy Tn, Mn and cn and keep λ = 0, and the
+        # tie-break below could only accept more.
+        if on_cpu and lam is None and bool((cn < cost).all()):
+            T, M, cost = Tn, Mn, cn
+            continue
         # Near the optimum cost differences drown in rounding and the last, tiny Gauss-Newton
         # steps would be rejected ~sqrt(eps) short of it: accept a cost tie if the gradient shrinks.
-        better = cn < torch.where(gn2 < g2, cost * one_plus_slack, cost)
+        g, gn = M[:, :6, 6], Mn[:, :6, 6]
+        better = cn < torch.where(torch.linalg.vecdot(gn, gn) < torch.linalg.vecdot(g, g), cost * k.slack, cost)
         if on_cpu and lam is None and bool(better.all()):
-            # Every step taken at λ = 0: the where()s below would copy Tn, Mn, cn and gn2 and
-            # keep λ = 0 (the CUDA path computes the same values without a sync).
-            T, M, cost, g2 = Tn, Mn, cn, gn2
+            T, M, cost = Tn, Mn, cn
             continue
         b3 = better.view(B, 1, 1)
         T = torch.where(b3, Tn, T)
         M = torch.where(b3, Mn, M)
         cost = torch.where(better, cn, cost)
-        g2 = torch.where(better, gn2, g2)
         lam = torch.where(b3, lam * k.lm_down, torch.addcmul(k.lm_floor, lam, k.lm_up)) if lam is not None \
             else torch.where(b3, 0.0 * k.lm_floor, k.lm_floor)
 
