@@ -136,6 +136,15 @@ class TestGradients:
         assert torch.isfinite(x.grad).all() and (x.grad != 0).any()
         torch.testing.assert_close(res.t.detach(), ref.t)
 
+    def test_no_grad_outputs_enter_autograd(self):
+        # The no-grad path solves in inference mode; its outputs must still be normal tensors.
+        x2, X3, K = self._setup(B=2, seed=11)
+        res = solve_pnp(x2, X3, K)
+        assert not any(v.is_inference() for v in (res.R, res.t, res.failed, res.reprojection_error))
+        s = torch.ones(3, dtype=x2.dtype, requires_grad=True)
+        (res.R @ s).sum().add(res.t.mul(s).sum()).backward()
+        torch.testing.assert_close(s.grad, (res.R.sum((0, 1)) + res.t.sum(0)))
+
     def test_failed_problem_isolated(self):
         x2, X3, K = self._setup(B=3)
         bad = x2.clone()
