@@ -149,6 +149,7 @@ class _Constants:
     eye6: Tensor
     eye4: Tensor
     ones: Tensor  # (1, N): unit weights
+    zero: Tensor  # (1, 1, N)
     wn_unit: Tensor  # (1, 1, N): unit weights normalised to sum 1
     flat2_form: Tensor  # (16, 1): vec(c cᵀ) @ flat2_form = 4 det(C2) − ratio tr(C2)², c = vec(C2)
     had: Tensor  # (2, 2) [[1, 1], [1, −1]], and had_s = had / √2 (orthogonal)
@@ -193,7 +194,7 @@ def _constants(N: int, dtype: torch.dtype, device: torch.device) -> _Constants:
         step_trans = torch.zeros(6, 3, 4, **kw)
         step_trans[3:, :, 3] = torch.diag(torch.tensor([-1.0, -1.0, 1.0], **kw))
         return _Constants(
-            dummy_3d=d3, dummy_2d=d2, eye3=torch.eye(3, **kw), eye6=eye6, eye4=torch.eye(4, **kw), ones=torch.ones(1, N, **kw),
+            dummy_3d=d3, dummy_2d=d2, eye3=torch.eye(3, **kw), eye6=eye6, eye4=torch.eye(4, **kw), ones=torch.ones(1, N, **kw), zero=torch.zeros(1, 1, N, **kw),
             wn_unit=torch.full((1, 1, N), 1.0 / N, **kw), flat2_form=form.view(16, 1), had=had, had_s=math.sqrt(0.5) * had,
             e_z=torch.tensor([[0.0], [0.0], [1.0]], **kw), diag_flip=torch.diag(torch.tensor([1.0, 1.0, -1.0], **kw)),
             flip_neg=torch.tensor([[-1.0], [-1.0], [1.0]], **kw),
@@ -251,7 +252,7 @@ def _dlt(xn: Tensor, Xh: Tensor, wn: Tensor, m2: Tensor, k: _Constants) -> Tuple
     c = torch.cat((xv, (xv * xv).sum(1, keepdim=True)), 1)
     S = torch.bmm((c[:, :, None] * (Xw * wn)[:, None]).view(B, 12, N), Xw.mT)  # S_u, S_v, S_ρ
     Su = S[:, :8]
-    Dm = S[:, 8:11] - torch.bmm(Su.mT, Su)[:, :3]
+    Dm = torch.baddbmm(S[:, 8:11], Su[:, :, :3].mT, Su, alpha=-1.0)
     m3, _ = torch.linalg.solve_ex(Dm[:, :, :3], Dm[:, :, 3:])
     m3h = torch.cat((m3.neg(), one), 1)
     Pw = torch.cat((torch.bmm(Su, m3h).view(B, 2, 4), m3h.mT), 1)
@@ -404,7 +405,8 @@ def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Optional[Te
     # the damping; no per-problem control flow. The damping starts at 0 (a Gauss–Newton step):
     # H is ill-conditioned along the depth/scale direction, where even λ = 1e-3 of diag(H)
     # shortens the first step ~5x and costs an iteration.
-    data = _Data(Xh, xn, f, f2, w, (w[:, None] * f2).reshape(B, 1, 2 * N), xn.new_zeros(B, 1, N), huber_delta,
+    wf2 = f2.expand(B, 2, N).reshape(B, 1, 2 * N) if unit else (w[:, None] * f2).reshape(B, 1, 2 * N)
+    data = _Data(Xh, xn, f, f2, w, wf2, k.zero.expand(B, 1, N), huber_delta,
                  on_cpu, k)
     M, cost = _linearise(T, data)
     lam: Optional[Tensor] = None  # λ I (B, 6, 6); None while it is 0 for every problem
@@ -557,45 +559,29 @@ class _PnPFunction(torch.autograd.Function):
         N = points_2d.shape[1]
         k = _constants(N, points_2d.dtype, points_2d.device)
         needs = ctx.needs_input_grad[:4]
-        only_2d = not any(needs[1:])
         if grad_R is None:
             grad_R = torch.zeros_like(R)
         if grad_t is None:
             grad_t = torch.zeros_like(t)
-        with torch.set_grad_enabled(not only_2d):
-            if weights is None:
-                weights = k.ones.expand(points_2d.shape[0], N)
-            inputs = [x.detach().requires_grad_(n and not only_2d)
-                      for x, n in zip((points_2d, points_3d, K, weights), needs)]
-            f3 = failed[:, None, None]
-            # Failed problems are swapped for the dummy problem, solved exactly by their
-            # returned (R, t): where() routes them zero gradient. (On the CPU, where the check
-            # costs no device sync, a batch without failures skips the no-op where()s.)
-            any_failed = points_2d.device.type != "cpu" or bool(failed.any())
-            x2, X3, Kc, w = inputs
-            if any_failed:
-                x2 = torch.where(f3, k.dummy_2d, x2)
-                X3 = torch.where(f3, k.dummy_3d, X3)
-                Kc = torch.where(f3, k.eye3, Kc)
-                w = torch.where(failed[:, None], k.one, w)
-            g, H, JT, a, b, e = _stationarity(x2, X3, Kc, w, R, t, ctx.huber_delta, k.eye3)
-        # dL/dδ for R(δ) = exp(ω) R, t(δ) = exp(ω) t + v: Σ_j Y_j x G_j over the columns of [R | t].
-        Y = torch.cat((R, t[:, :, None]), 2)
-        G = torch.cat((grad_R, grad_t[:, :, None]), 2)
-        dL = torch.cat((torch.linalg.cross(Y, G, dim=1).sum(2), grad_t), 1)
-        H = torch.where(f3, k.eye6, H.detach()) if any_failed else H.detach()
-        lam, _ = torch.linalg.solve_ex(H, dL[..., None])
-        lam = -lam[..., 0]
-        bad = failed | ~torch.isfinite(lam).all(1)
-        lam = torch.where(bad[:, None], 0.0, lam)
-        if only_2d:
-            # ∂g/∂u_n = −J_nᵀ W_n, so dL/du_n = λᵀ ∂g/∂u_n = −W_n J_n λ.
-            Jl = (JT.detach() * lam[:, :, None, None]).sum(1)
-            Wl = a.detach()[:, None] * Jl
-            if b is not None:
-                Wl = Wl - (b.detach() * (e.detach() * Jl).sum(1))[:, None] * e.detach()
-            gx = Wl.neg().transpose(1, 2)
-            return torch.where(torch.isfinite(gx), gx, 0.0), None, None, None, None, None, None
+        if weights is None:
+            weights = k.ones.expand(points_2d.shape[0], N)
+        args = (grad_R, grad_t, R, t, failed, ctx.huber_delta, k)
+        if not any(needs[1:]):
+            # No autograd graph is needed: inference mode (less overhead per op), the result
+            # cloned back to a normal tensor for autograd.
+            with torch.inference_mode():
+                _, lam, JT, a, b, e = _implicit_lambda((points_2d, points_3d, K, weights), *args)
+                # ∂g/∂u_n = −J_nᵀ W_n, so dL/du_n = λᵀ ∂g/∂u_n = −W_n J_n λ.
+                Jl = (JT * lam[:, :, None, None]).sum(1)
+                Wl = a[:, None] * Jl
+                if b is not None:
+                    Wl = Wl - (b * (e * Jl).sum(1))[:, None] * e
+                gx = Wl.neg().transpose(1, 2)
+                gx = torch.where(torch.isfinite(gx), gx, 0.0)
+            return gx.clone(), None, None, None, None, None, None
+        with torch.enable_grad():
+            inputs = [x.detach().requires_grad_(n) for x, n in zip((points_2d, points_3d, K, weights), needs)]
+            g, lam, *_ = _implicit_lambda(inputs, *args)
         wanted = [x for x, n in zip(inputs, needs) if n]
         grads = iter(torch.autograd.grad(g, wanted, grad_outputs=lam, allow_unused=True))
         out = []
@@ -605,6 +591,35 @@ class _PnPFunction(torch.autograd.Function):
                 gx = torch.zeros_like(x)
             out.append(None if gx is None else torch.where(torch.isfinite(gx), gx, 0.0))
         return (*out, None, None, None)
+
+
+def _implicit_lambda(inputs, grad_R: Tensor, grad_t: Tensor, R: Tensor, t: Tensor, failed: Tensor,
+                     huber_delta: Optional[float], k: _Constants):
+    """``g`` (the stationarity residual, differentiable w.r.t. ``inputs`` when they require
+    grad), ``λ = −H⁻¹ dL/dδ`` (detached; zero for failed problems) and the pieces of
+    :func:`_stationarity` for the closed-form 2D gradient: ``dL/dx = λᵀ ∂g/∂x``."""
+    x2, X3, Kc, w = inputs
+    f3 = failed[:, None, None]
+    # Failed problems are swapped for the dummy problem, solved exactly by their returned
+    # (R, t): where() routes them zero gradient. (On the CPU, where the check costs no device
+    # sync, a batch without failures skips the no-op where()s.)
+    any_failed = x2.device.type != "cpu" or bool(failed.any())
+    if any_failed:
+        x2 = torch.where(f3, k.dummy_2d, x2)
+        X3 = torch.where(f3, k.dummy_3d, X3)
+        Kc = torch.where(f3, k.eye3, Kc)
+        w = torch.where(failed[:, None], k.one, w)
+    g, H, JT, a, b, e = _stationarity(x2, X3, Kc, w, R, t, huber_delta, k.eye3)
+    # dL/dδ for R(δ) = exp(ω) R, t(δ) = exp(ω) t + v: Σ_j Y_j x G_j over the columns of [R | t].
+    Y = torch.cat((R, t[:, :, None]), 2)
+    G = torch.cat((grad_R, grad_t[:, :, None]), 2)
+    dL = torch.cat((torch.linalg.cross(Y, G, dim=1).sum(2), grad_t), 1)
+    H = torch.where(f3, k.eye6, H.detach()) if any_failed else H.detach()
+    lam, _ = torch.linalg.solve_ex(H, dL[..., None])
+    lam = -lam[..., 0]
+    bad = failed | ~torch.isfinite(lam).all(1)
+    lam = torch.where(bad[:, None], 0.0, lam)
+    return g, lam, JT.detach(), a.detach(), None if b is None else b.detach(), e.detach()
 
 
 class PnPLayer(torch.nn.Module):
