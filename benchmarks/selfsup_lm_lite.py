@@ -123,8 +123,8 @@ def run_tables(mode: str, out: Path, data_root: Path, stages=("synthetic", "real
     ss_cfg = load_config(ROOT / "training/selfsup_lm_lite.yaml")
     ss_cfg = merge(ss_cfg, merge(base, {"output_dir": str(out / "selfsup"), "init": {"checkpoint": init,
                                         "freeze_early_steps": m["ss_steps"] // 5},
-                                        "optim": {"max_steps": m["ss_steps"], "lr_steps": []},
-                                        "selfsup": selfsup_overrides or {}}))
+                                        "optim": {"max_steps": m["ss_steps"], "lr_steps": []}}))
+    ss_cfg = merge(ss_cfg, selfsup_overrides or {})
     if "selfsup" in stages:
         diag: Dict[str, Any] = {}
 
@@ -367,7 +367,7 @@ def main() -> None:
     ap.add_argument("--objects", default=None, help="comma list of object ids instead of the mode's")
     ap.add_argument("--ablations", default=None, help="';'-separated Table 3 rows to run (default: all)")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
-                    help="selfsup.KEY=VALUE overrides for the self-supervised and ablation runs")
+                    help="selfsup.KEY=VALUE or init.KEY=VALUE overrides for the self-supervised and ablation runs")
     ap.add_argument("--mode-set", dest="mode_overrides", action="append", default=[], metavar="KEY=INT",
                     help="override one of the mode's integer settings, e.g. ss_steps=600 or real_steps=1500")
     a = ap.parse_args()
@@ -382,7 +382,9 @@ def main() -> None:
         out = Path(a.out) / a.mode
         from pose6d_ros.training.config import apply_overrides
 
-        over = apply_overrides({}, a.overrides).get("selfsup", {})
+        over = apply_overrides({}, a.overrides)
+        if set(over) - {"selfsup", "init"}:
+            raise SystemExit(f"--set: only selfsup.* and init.* keys, got {sorted(over)}")
         objs = [int(o) for o in a.objects.split(",")] if a.objects else None
         abl = [x.strip() for x in a.ablations.split(";")] if a.ablations else None
         mode_over = {k: int(v) for k, v in (kv.split("=", 1) for kv in a.mode_overrides)}

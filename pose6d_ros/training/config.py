@@ -50,6 +50,8 @@ DEFAULTS: Dict[str, Any] = {
         "freeze_early_stages": 0,  # backbone stages frozen at the start (Sec. 4: "early layers are frozen")
         "freeze_early_steps": 0,  # ... for this many steps, then all layers train
         "freeze_bn": True,
+        "adapt_bn_epochs": 0,  # ours (selfsup): >0 = BN statistics re-estimated on the unlabeled target crops first
+        "adapt_bn_batch": 64,
     },
     "selfsup": {
         "weights": {"pose": 1.0, "pose2": 1.0, "sup": 1.0, "percep": 20.0, "box": 1.0, "refine": 1.0},

@@ -118,6 +118,16 @@ def train(cfg: Dict[str, Any], resume: bool = False) -> Optional[Dict[str, Any]]
         trainer.state["teacher"] = EMATeacher(run.model, decay)
     log.info("self-supervised: %d unlabeled crops, %d objects, perceptual=%s", len(real), len(run.objects.ids),
              getattr(step_fn.perceptual, "name", None))
+    epochs = int(get(cfg, "init.adapt_bn_epochs", 0) or 0)
+    if epochs > 0:  # before resume: a resumed run's checkpoint restores the statistics it trained with
+        from pose6d_ros.training.bn_adapt import adapt_batchnorm
+
+        bs = int(get(cfg, "init.adapt_bn_batch", 64))
+        order = torch.randperm(len(real) * epochs, generator=torch.Generator().manual_seed(seed)) % len(real)
+        chunks = [order[i:i + bs].tolist() for i in range(0, len(order) - bs + 1, bs)]
+        n = adapt_batchnorm(run.model, ((b["image"].to(run.device), b["object_index"].to(run.device))
+                                        for b in (real.batch(c, with_labels=False) for c in chunks)))
+        log.info("BatchNorm statistics re-estimated on %d unlabeled target crops (%d epochs)", n, epochs)
     if resume:
         trainer.resume()
     trainer.train()
