@@ -1,12 +1,15 @@
 """Batched, differentiable Perspective-n-Point in torch (CPU and CUDA, float32 and float64).
 
-Forward (no autograd graph): a closed-form DLT initialisation on normalised data, then
-Levenberg–Marquardt on SE(3) with Huber weights, every problem of the batch at once (a few
-iterations with an early exit, analytic Jacobians, batched 6x6 solves). Its cost at small batch
-sizes is the number of torch ops (a few µs each on the CPU), which the code keeps low.
+Forward (no autograd graph, inference mode): a closed-form DLT initialisation on normalised
+data, then Levenberg–Marquardt on SE(3) with Huber weights, every problem of the batch at once (a
+few iterations with an early exit, analytic Jacobians, batched 6x6 solves; Newton steps with
+the exact Hessian for tight tolerances). Its cost at small batch sizes is the number of torch
+ops (a few µs each on the CPU), which the code keeps low.
 Backward: the implicit function theorem at the optimum (as BPnP, Chen et al. 2020): with
 ``g(θ, x) = ∂f/∂θ = 0`` at the solution, ``dθ/dx = -H⁻¹ ∂g/∂x`` where ``H`` is the exact Hessian
-of the robust reprojection objective ``f``, written out analytically (:func:`_stationarity`).
+of the robust reprojection objective ``f``, written out analytically: in the solver's own units
+from its final state for the 2D points (:func:`_linearise`, :func:`_grad_points_2d`), and as a
+differentiable function of every input otherwise (:func:`_stationarity`).
 This is the ``P(h, K_crop) → y`` block of ``docs`` / ``/work/shared/notes/method.md``.
 
 Conventions: ``x_cam = R @ x_model + t``; pixels in the OpenCV convention (``docs/conventions.md``).
@@ -147,8 +150,8 @@ _N_ROWS = (15, 16, 17, 18, 19, 20, 14)
 _U3_ROWS = (21, 22, 23, 14, 14, 14, 14)
 _M_ROWS = (7, 6, 14, 14, 14, 11, 14)
 _Q_ROWS = (2, 5, 8, 14, 14, 14, 14)
-_EXACT_ROWS = tuple(r for p in range(7) for r in (_POOL_ROWS[2 * p], _POOL_ROWS[2 * p + 1], _N_ROWS[p], _U3_ROWS[p])) \
-    + tuple(r for p in range(7) for r in (_POOL_ROWS[2 * p], _POOL_ROWS[2 * p + 1], _M_ROWS[p], _Q_ROWS[p]))
+_EXACT_ROWS = tuple(r for third, fourth in ((_N_ROWS, _U3_ROWS), (_M_ROWS, _Q_ROWS)) for p in range(7)
+                    for r in (_POOL_ROWS[2 * p], _POOL_ROWS[2 * p + 1], third[p], fourth[p]))
 
 
 @dataclass(frozen=True)
@@ -208,8 +211,9 @@ def _constants(N: int, dtype: torch.dtype, device: torch.device) -> _Constants:
         step_trans = torch.zeros(6, 3, 4, **kw)
         step_trans[3:, :, 3] = torch.diag(torch.tensor([-1.0, -1.0, 1.0], **kw))
         return _Constants(
-            dummy_3d=d3, dummy_2d=d2, eye3=torch.eye(3, **kw), eye6=eye6, eye4=torch.eye(4, **kw), ones=torch.ones(1, N, **kw), zero=torch.zeros(1, 1, N, **kw),
-            wn_unit=torch.full((1, 1, N), 1.0 / N, **kw), flat2_form=form.view(16, 1), had=had, had_s=math.sqrt(0.5) * had,
+            dummy_3d=d3, dummy_2d=d2, eye3=torch.eye(3, **kw), eye6=eye6, eye4=torch.eye(4, **kw),
+            ones=torch.ones(1, N, **kw), zero=torch.zeros(1, 1, N, **kw), wn_unit=torch.full((1, 1, N), 1.0 / N, **kw),
+            flat2_form=form.view(16, 1), had=had, had_s=math.sqrt(0.5) * had,
             e_z=torch.tensor([[0.0], [0.0], [1.0]], **kw), diag_flip=torch.diag(torch.tensor([1.0, 1.0, -1.0], **kw)),
             flip_neg=torch.tensor([[-1.0], [-1.0], [1.0]], **kw),
             step_rot=step_rot, step_trans=step_trans.view(6, 12),
@@ -225,7 +229,8 @@ def _constants(N: int, dtype: torch.dtype, device: torch.device) -> _Constants:
             one=torch.ones((), **kw), inf=torch.tensor(float("inf"), **kw), t_failed=torch.tensor([0.0, 0.0, 1.0], **kw))
 
 
-def _dlt(xn: Tensor, Xh: Tensor, wn: Tensor, m2: Tensor, k: _Constants) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _dlt(xn: Tensor, Xh: Tensor, wn: Tensor, m2: Tensor,
+         k: _Constants) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Weighted DLT with ``t_z = 1`` normalisation, in a virtual camera facing the points.
 
     ``Xs`` is centred, so ``t_z`` is the depth of the model centre, > 0 for an object in front of
