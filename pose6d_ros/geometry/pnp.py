@@ -2,9 +2,8 @@
 
 Forward (no autograd graph, inference mode): a closed-form DLT initialisation on normalised
 data, then Levenberg–Marquardt on SE(3) with Huber weights, every problem of the batch at once (a
-few iterations with an early exit, analytic Jacobians, batched 6x6 solves; Newton steps with
-the exact Hessian for tight tolerances). Its cost at small batch sizes is the number of torch
-ops (a few µs each on the CPU), which the code keeps low.
+few iterations with an early exit, analytic Jacobians, batched 6x6 solves). Its cost at small
+batch sizes is the number of torch ops (a few µs each on the CPU), which the code keeps low.
 Backward: the implicit function theorem at the optimum (as BPnP, Chen et al. 2020): with
 ``g(θ, x) = ∂f/∂θ = 0`` at the solution, ``dθ/dx = -H⁻¹ ∂g/∂x`` where ``H`` is the exact Hessian
 of the robust reprojection objective ``f``, written out analytically: in the solver's own units
@@ -330,8 +329,8 @@ def _linearise(T: Tensor, d: _Data, exact: bool = False, parts: bool = False):
     residual or zero, so a pool of those slabs and one row gather build them (few ops: at small
     batch sizes the cost is the op count).
 
-    ``exact``: ``H`` is the exact Hessian of the robust objective (Newton; the same as
-    :func:`_stationarity`'s, in these units and parameters): the Gauss–Newton part plus
+    ``exact`` (for the backward): ``H`` is the exact Hessian of the robust objective (the same
+    as :func:`_stationarity`'s, in these units and parameters): the Gauss–Newton part plus
     ``−Σ (n mᵀ + m nᵀ) + Σ sym(u3 qᵀ)_ωω`` with ``ū = (a f² r̃, γ)``, ``γ = ū_x x + ū_y y``,
     ``u3 = (ū_x, ū_y, −γ)``, ``n = (q x u3, ū/z)`` (the projection's second order) and
     ``m = (y, −x, 0, 0, 0, −1/z)``; the last term is ``exp``'s second order (its trace part
@@ -466,11 +465,6 @@ def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Optional[Te
     data = _Data(Xh, xn, f, f2, w, wf2, k.zero.expand(B, 1, N), huber_delta,
                  on_cpu, k)
     M, cost = _linearise(T, data)
-    # Gauss–Newton converges linearly, ~40x per step at 1 px noise: enough for float32's
-    # default tolerance in 3 steps. Tighter tolerances take Newton steps (the exact Hessian,
-    # quadratic convergence, ~10 more ops per linearisation) after the first, which from the
-    # DLT is better as Gauss–Newton: 4 steps instead of 5-6 to 1e-6 at B = 64-1024.
-    newton = tol < 1e-4
     lam: Optional[Tensor] = None  # λ I (B, 6, 6); None while it is 0 for every problem
     iters = 0
     for iters in range(1, (iterations if B else 0) + 1):
@@ -493,7 +487,7 @@ def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Optional[Te
             if -float(lo) < tol and float(hi) < tol:
                 T = Tn
                 break
-        Mn, cn = _linearise(Tn, data, exact=newton)
+        Mn, cn = _linearise(Tn, data)
         # Every step taken at λ = 0 with a lower cost (the common case; on the CPU the check is
         # no device sync): the where()s below would copy Tn, Mn and cn and keep λ = 0, and the
         # tie-break below could only accept more.
