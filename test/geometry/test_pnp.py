@@ -122,6 +122,18 @@ class TestGradients:
         assert (np.linalg.norm(proj[:, 0] - x2[0].detach().numpy(), axis=1) > 3.0).any()
         assert torch.autograd.gradcheck(fn, (x2,), eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
+    @pytest.mark.parametrize("B", [2, 200], ids=["state", "inputs"])
+    def test_gradcheck_points_2d_both_backward_paths(self, B):
+        # Small batches take the 2D gradient from the solver's state, large ones from the inputs.
+        from pose6d_ros.geometry import pnp
+
+        assert (B * 9 > pnp._STATE_GRAD_MAX_POINTS) == (B == 200)
+        x2, X3, K = self._setup(B=B, seed=12)
+        x2[:, 0] += 8.0  # a point in Huber's linear zone
+        x2.requires_grad_()
+        fn = lambda a: (lambda r: (r.R, r.t))(solve_pnp(a, X3, K, iterations=30, tol=0))  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (x2,), eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
+
     def test_inference_mode_then_autograd(self):
         # Cached constants created under inference mode must not break a later autograd call.
         from pose6d_ros.geometry import pnp
