@@ -163,6 +163,7 @@ class _Constants:
     ones: Tensor  # (1, N): unit weights
     zero: Tensor  # (1, 1, N)
     wn_unit: Tensor  # (1, 1, N): unit weights normalised to sum 1
+    rsqrt_n: Tensor  # 1/√N
     flat2_form: Tensor  # (16, 1): vec(c cᵀ) @ flat2_form = 4 det(C2) − ratio tr(C2)², c = vec(C2)
     had: Tensor  # (2, 2) [[1, 1], [1, −1]], and had_s = had / √2 (orthogonal)
     had_s: Tensor
@@ -212,6 +213,7 @@ def _constants(N: int, dtype: torch.dtype, device: torch.device) -> _Constants:
         return _Constants(
             dummy_3d=d3, dummy_2d=d2, eye3=torch.eye(3, **kw), eye6=eye6, eye4=torch.eye(4, **kw),
             ones=torch.ones(1, N, **kw), zero=torch.zeros(1, 1, N, **kw), wn_unit=torch.full((1, 1, N), 1.0 / N, **kw),
+            rsqrt_n=torch.tensor(N ** -0.5, **kw),
             flat2_form=form.view(16, 1), had=had, had_s=math.sqrt(0.5) * had,
             e_z=torch.tensor([[0.0], [0.0], [1.0]], **kw), diag_flip=torch.diag(torch.tensor([1.0, 1.0, -1.0], **kw)),
             flip_neg=torch.tensor([[-1.0], [-1.0], [1.0]], **kw),
@@ -447,11 +449,14 @@ def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Optional[Te
     XT = X3.transpose(1, 2)
     cen = (XT * wn).sum(2, keepdim=True)
     Xc = XT - cen
-    scale = (Xc * Xc * wn).sum((1, 2), keepdim=True).sqrt().clamp_min(torch.finfo(dtype).tiny)
+    # The weighted RMS radius (unit weights: a norm, fewer ops).
+    scale = (torch.linalg.vector_norm(Xc, dim=(1, 2), keepdim=True) * k.rsqrt_n if unit
+             else (Xc * Xc * wn).sum((1, 2), keepdim=True).sqrt()).clamp_min(torch.finfo(dtype).tiny)
     Xh = torch.cat((Xc / scale, k.one.expand(B, 1, N)), 1)
     m2 = (xn * wn).sum(2, keepdim=True)
     d = xn - m2
-    C2 = torch.bmm(d * wn, d.mT).view(B, 4, 1)
+    # (The collinearity test below is scale-free: unit weights skip the 1/N.)
+    C2 = torch.bmm(d if unit else d * wn, d.mT).view(B, 4, 1)
     # Collinear image points: 4 det(C2) < ratio tr(C2)², a quadratic form in vec(C2).
     flat2 = torch.mm((C2 * C2.mT).view(B, 16), k.flat2_form).view(B) < 0
 
