@@ -65,7 +65,6 @@ def test_oracle_chain_recovers_poses_like_opencv(registry, card, camera):
 
 def test_bad_detections_are_skipped_with_reasons(registry, card, camera):
     R, t, boxes = _scene(camera, card, [1, 7])
-    rep = lambda i: (np.tile(R[i], (9, 1, 1)), np.tile(t[i], (9, 1)))  # noqa: E731
     Rs = np.concatenate([np.tile(R[0], (8, 1, 1)), R[1:2]])
     ts = np.concatenate([np.tile(t[0], (8, 1)), t[1:2]])
     oracle = OracleKeypointPredictor(card, camera, torch.as_tensor(Rs), torch.as_tensor(ts))
