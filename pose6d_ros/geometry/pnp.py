@@ -73,10 +73,11 @@ def solve_pnp(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Optional
         iterations: maximum LM iterations.
         huber_delta: Huber threshold in pixels, or ``None`` for least squares.
         tol: stop early once every problem's step is below ``tol`` (``None``: a dtype default,
-            ``1e-6`` for float64 and ``1e-3`` for float32; ``0`` runs all iterations). Steps are
+            ``1e-4`` for float64 and ``1e-3`` for float32; ``0`` runs all iterations). Steps are
             in radians and in units of the model points' RMS radius. The last step is applied,
-            and Gauss–Newton gains a factor ~40 per step at 1 px noise (quadratic when noise-free),
-            so the pose ends far closer than ``tol`` to the optimum; float32's rounding floor
+            and each Gauss–Newton step shrinks the distance to the optimum by a large factor, so
+            the pose ends far closer than ``tol`` to it (float64, 1 px noise, 1,000 problems:
+            within 3.3e-7 in R and 5e-8 relative in t at ``1e-4``); float32's rounding floor
             is ~1e-5.
 
     Returns:
@@ -107,7 +108,12 @@ def solve_pnp(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Optional
         raise TypeError(f"points_2d/points_3d/K: dtypes differ "
                         f"({points_2d.dtype}, {points_3d.dtype}, {K.dtype})")
     if tol is None:
-        tol = 1e-6 if points_2d.dtype == torch.float64 else 1e-3
+        # float64 at 1e-4, not lower: that stops at 3 steps at 1 px noise where 1e-6 ran 4-5 (and
+        # 1e-5 mostly 4), while the applied last step leaves the pose within 3.3e-7 in R (5e-8
+        # relative in t) of the converged optimum on 1,000 problems: noise-free problems stay at
+        # ~1e-13 (the DLT start is exact there) and the error statistics against the truth are
+        # unchanged to 4 digits. float32 cannot resolve much below 1e-3 per step anyway.
+        tol = 1e-4 if points_2d.dtype == torch.float64 else 1e-3
     tensors = (points_2d, points_3d, K, weights)
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors):
         R, t, failed, err, iters = _PnPFunction.apply(*tensors, iterations, huber_delta, tol)

@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
 from pose6d_ros.geometry.pnp import PnPLayer, solve_pnp
@@ -64,6 +65,28 @@ class TestAccuracy:
         t_rel = np.linalg.norm(res.t.double().cpu().numpy() - t, axis=1) / np.linalg.norm(t, axis=1)
         assert R_err.max() < tol and t_rel.max() < tol
         assert res.R.dtype == dtype and res.R.device.type == device.type
+
+    def test_default_tol_reaches_least_squares_optimum(self, dtype):
+        # The early exit must not stop short: with noise the DLT start is not exact, and the
+        # default tolerance has to carry the pose to the least-squares optimum, found here
+        # independently by scipy's Levenberg-Marquardt (tight tolerances, cv2's projection, from
+        # cv2's ITERATIVE pose). float32's own rounding floor is ~1e-6.
+        B = 200
+        X, R, t, uv = _problems(B, 1.0, seed=14)
+        Rs, ts = [], []
+        for b in range(B):
+            _, rv, tv = cv2.solvePnP(X[b], uv[b], K_NP, None, flags=cv2.SOLVEPNP_ITERATIVE)
+            res_b = least_squares(
+                lambda p: (cv2.projectPoints(X[b], p[:3], p[3:], K_NP, None)[0][:, 0] - uv[b]).ravel(),
+                np.concatenate([rv[:, 0], tv[:, 0]]), method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15)
+            Rs.append(cv2.Rodrigues(res_b.x[:3])[0])
+            ts.append(res_b.x[3:])
+        x2, X3, K = _torch(uv, X, np.broadcast_to(K_NP, (B, 3, 3)), dtype=dtype)
+        res = solve_pnp(x2, X3, K, huber_delta=None)  # the least-squares objective, as scipy's
+        tol = 1e-6 if dtype == torch.float64 else 1e-5
+        R_err = np.linalg.norm(res.R.double().numpy() - np.array(Rs), axis=(1, 2))
+        t_rel = np.linalg.norm(res.t.double().numpy() - np.array(ts), axis=1) / np.linalg.norm(ts, axis=1)
+        assert R_err.max() < tol and t_rel.max() < tol
 
     def test_shared_points_and_weights(self):
         B = 8
