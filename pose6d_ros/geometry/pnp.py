@@ -163,6 +163,9 @@ _EXACT_ROWS = tuple(r for third, fourth in ((_N_ROWS, _U3_ROWS), (_M_ROWS, _Q_RO
 class _Constants:
     dummy_3d: Tensor  # (N, 3) well-spread, non-coplanar points replacing an invalid problem's
     dummy_2d: Tensor  # (N, 2) their exact projection at R = I, t = (0, 0, 1), K = I
+    dummy_Xh: Tensor  # (4, N) the dummy in the solver's units: [Xs; 1] (centred, unit RMS radius),
+    dummy_xn: Tensor  # (2, N) its normalised image points
+    dummy_T: Tensor  # (3, 4) and its exact pose there, [I | (c + e_z) / s]
     eye3: Tensor
     eye6: Tensor
     eye4: Tensor
@@ -205,6 +208,10 @@ def _constants(N: int, dtype: torch.dtype, device: torch.device) -> _Constants:
         ang = i * 2.399963  # golden angle: no two points coincide for any N
         d3 = 0.1 * torch.stack((ang.cos(), ang.sin(), (i % 3 - 1) * 0.5), -1)
         d2 = d3[:, :2] / (d3[:, 2:] + 1)
+        dc = d3.mean(0)
+        ds = torch.linalg.vector_norm(d3 - dc) * N ** -0.5
+        dXh = torch.cat(((d3 - dc).T / ds, torch.ones(1, N, **kw)))
+        dT = torch.cat((torch.eye(3, **kw), ((dc + torch.tensor([0.0, 0.0, 1.0], **kw)) / ds)[:, None]), 1)
         eye6 = torch.eye(6, **kw)
         r = _DEGENERATE_RATIO
         form = torch.zeros(4, 4, **kw)  # over vec(C2) = (c00, c01, c10, c11)
@@ -217,7 +224,7 @@ def _constants(N: int, dtype: torch.dtype, device: torch.device) -> _Constants:
         step_trans = torch.zeros(6, 3, 4, **kw)
         step_trans[3:, :, 3] = torch.diag(torch.tensor([-1.0, -1.0, 1.0], **kw))
         return _Constants(
-            dummy_3d=d3, dummy_2d=d2, eye3=torch.eye(3, **kw), eye6=eye6, eye4=torch.eye(4, **kw),
+            dummy_3d=d3, dummy_2d=d2, dummy_Xh=dXh, dummy_xn=d2.T.contiguous(), dummy_T=dT, eye3=torch.eye(3, **kw), eye6=eye6, eye4=torch.eye(4, **kw),
             ones=torch.ones(1, N, **kw), zero=torch.zeros(1, 1, N, **kw), wn_unit=torch.full((1, 1, N), 1.0 / N, **kw),
             rsqrt_n=torch.tensor(N ** -0.5, **kw),
             flat2_form=form.view(16, 1), had=had, had_s=math.sqrt(0.5) * had,
@@ -467,6 +474,22 @@ def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Optional[Te
     flat2 = torch.mm((C2 * C2.mT).view(B, 16), k.flat2_form).view(B) < 0
 
     T, reversed_, flat3, Rv, P = _dlt(xn, Xh, wn, m2, k)
+    # Flat point sets (coplanar/collinear model points, collinear image points) leave no usable
+    # DLT pose: their LM steps are NaN, which never pass the early exit, so one such problem kept
+    # its whole batch running every iteration. Swapped, like invalid inputs above, for the dummy
+    # problem at its exact pose, in the solver's units: it converges at once (it is flagged
+    # below). (The CPU skips the no-op where()s of a batch without one.)
+    flat = flat3 | flat2
+    if not on_cpu or bool(flat.any()):
+        b3 = flat[:, None, None]
+        Xh = torch.where(b3, k.dummy_Xh, Xh)
+        xn = torch.where(b3, k.dummy_xn, xn)
+        f = torch.where(b3, k.one, f)
+        f2 = f * f
+        T = torch.where(b3, k.dummy_T, T)
+        reversed_ = reversed_ & ~flat  # flagged already: no need for the projective-error test
+        if not unit:
+            w = torch.where(flat[:, None], k.one, w)
 
     # Levenberg–Marquardt, fully batched: a rejected step keeps the previous state and raises
     # the damping; no per-problem control flow. The damping starts at 0 (a Gauss–Newton step):
@@ -527,7 +550,7 @@ def _solve(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Optional[Te
     R = T[:, :, :3]
     t = torch.baddbmm(scale.view(B, 1, 1) * T[:, :, 3:], R, cen, alpha=-1.0).view(B, 3)
     fin = rms + t.sum(1)  # a non-finite R or t makes rms NaN
-    flags = [bad, flat3, flat2, Pc[:, 2].amin(1) <= 0, fin - fin != 0]
+    flags = [bad, flat, Pc[:, 2].amin(1) <= 0, fin - fin != 0]
     # Seen from behind: the projective DLT fit needed a reversed depth row AND fits far better
     # than the best pose in front (F-test style; ratio 16 ~ p < 1e-3 for 9 points). Far small
     # objects, where the depth row is noise, pass: there the data cannot tell. (The CPU skips

@@ -210,6 +210,44 @@ class TestFailures:
         assert torch.isfinite(res.R).all() and torch.isfinite(res.t).all()
         torch.testing.assert_close(res.t[1:].cpu(), torch.tensor([[0.0, 0, 1]], dtype=dtype).expand(4, 3))
 
+    @pytest.mark.parametrize("kind", ["collinear_3d", "coplanar_3d", "collinear_2d"])
+    def test_flat_problem_does_not_hold_the_batch(self, kind, device, dtype):
+        # One flat problem must be flagged and leave the rest of its batch as if solved alone:
+        # the same steps run (it must not keep the batch iterating), the same poses (OpenCV's
+        # least-squares pose, refined, as the independent reference) and the same gradients.
+        X, R, t, uv = _problems(4, 1.0, seed=15)
+        X, uv = X.copy(), uv.copy()
+        if kind == "collinear_3d":
+            X[1] = np.linspace(0, 1, 9)[:, None] * np.array([0.1, 0.05, 0.02])
+        elif kind == "coplanar_3d":
+            X[1, :, 2] = 0.0
+        else:
+            uv[1] = np.linspace(0, 1, 9)[:, None] * np.array([100.0, 50.0]) + 200
+        x2, X3, K = _torch(uv, X, np.broadcast_to(K_NP, (4, 3, 3)), dtype=dtype, device=device)
+        x2.requires_grad_()
+        res = solve_pnp(x2, X3, K, huber_delta=None)
+        (res.R.sum() + res.t.sum()).backward()
+        good = [0, 2, 3]
+        x2_alone = x2.detach()[good].clone().requires_grad_()
+        alone = solve_pnp(x2_alone, X3[good], K[good], huber_delta=None)
+        (alone.R.sum() + alone.t.sum()).backward()
+
+        assert res.failed.tolist() == [False, True, False, False]
+        assert torch.isfinite(res.R).all() and torch.isfinite(res.t).all()
+        torch.testing.assert_close(res.t[1].cpu(), torch.tensor([0.0, 0, 1], dtype=dtype))
+        assert res.iterations == alone.iterations
+        torch.testing.assert_close(res.R[good], alone.R)
+        torch.testing.assert_close(res.t[good], alone.t)
+        assert torch.isfinite(x2.grad).all() and (x2.grad[1] == 0).all()
+        torch.testing.assert_close(x2.grad[good], x2_alone.grad)
+        crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_COUNT, 100, 1e-14)
+        tol = 1e-5 if dtype == torch.float64 else 1e-4
+        for b in good:
+            _, rv, tv = cv2.solvePnP(X[b], uv[b], K_NP, None, flags=cv2.SOLVEPNP_ITERATIVE)
+            rv, tv = cv2.solvePnPRefineLM(X[b], uv[b], K_NP, None, rv, tv, crit)
+            np.testing.assert_allclose(res.R[b].detach().double().cpu().numpy(), cv2.Rodrigues(rv)[0], atol=tol)
+            np.testing.assert_allclose(res.t[b].detach().double().cpu().numpy(), tv[:, 0], rtol=tol)
+
     def test_points_behind_camera(self):
         X, R, t, _ = _problems(4, 0.0, seed=7)
         t = t * np.array([1.0, 1.0, -1.0])  # object behind the camera, z in [-1.5, -0.3]
