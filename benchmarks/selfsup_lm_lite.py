@@ -401,7 +401,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1,
                     help="run the Table 3 rows in this many processes at once (one torch thread each)")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
-                    help="selfsup.KEY=VALUE or init.KEY=VALUE overrides for the self-supervised and ablation runs")
+                    help="selfsup.KEY=VALUE, init.KEY=VALUE or optim.KEY=VALUE overrides for the self-supervised and ablation runs")
     ap.add_argument("--mode-set", dest="mode_overrides", action="append", default=[], metavar="KEY=INT",
                     help="override one of the mode's integer settings, e.g. ss_steps=600 or real_steps=1500")
     a = ap.parse_args()
@@ -417,8 +417,8 @@ def main() -> None:
         from pose6d_ros.training.config import apply_overrides
 
         over = apply_overrides({}, a.overrides)
-        if set(over) - {"selfsup", "init"}:
-            raise SystemExit(f"--set: only selfsup.* and init.* keys, got {sorted(over)}")
+        if set(over) - {"selfsup", "init", "optim"}:
+            raise SystemExit(f"--set: only selfsup.*, init.* and optim.* keys, got {sorted(over)}")
         objs = [int(o) for o in a.objects.split(",")] if a.objects else None
         abl = [x.strip() for x in a.ablations.split(";")] if a.ablations else None
         mode_over = {k: int(v) for k, v in (kv.split("=", 1) for kv in a.mode_overrides)}
