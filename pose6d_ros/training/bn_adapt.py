@@ -10,6 +10,7 @@ final model use.
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterable, Tuple
 
 import torch
@@ -29,6 +30,10 @@ def adapt_batchnorm(model: torch.nn.Module, batches: Iterable[Batch]) -> int:
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return 0
+    it = iter(batches)
+    first = next(it, None)
+    if first is None:  # checked before the statistics are reset, so the model is left as it was
+        raise ValueError("adapt_batchnorm: no batches (the unlabeled target split is empty)")
     was_training = model.training
     momenta = [m.momentum for m in bns]
     model.eval()
@@ -38,13 +43,11 @@ def adapt_batchnorm(model: torch.nn.Module, batches: Iterable[Batch]) -> int:
         m.train()
     seen = 0
     try:
-        for images, object_index in batches:
+        for images, object_index in itertools.chain([first], it):
             model(images, object_index)
             seen += int(images.shape[0])
     finally:
         for m, mom in zip(bns, momenta):
             m.momentum = mom
         model.train(was_training)
-    if seen == 0:
-        raise ValueError("adapt_batchnorm: no batches (the unlabeled target split is empty)")
     return seen

@@ -113,25 +113,36 @@ def train(cfg: Dict[str, Any], resume: bool = False) -> Optional[Dict[str, Any]]
 
     step_fn = build_step(cfg, run.objects, run.model, run.device)
     trainer = run.trainer(step_fn, batches)
+    resuming = resume and trainer.checkpoint_path is not None and trainer.checkpoint_path.is_file()
+    epochs = int(get(cfg, "init.adapt_bn_epochs", 0) or 0)
+    if epochs > 0 and not resuming:  # a resumed run's checkpoint holds the statistics it trained with
+        _adapt_bn(run, real, epochs, int(get(cfg, "init.adapt_bn_batch", 64)), seed)
     decay = float(get(cfg, "selfsup.ema_teacher", 0.0) or 0.0)
-    if decay > 0:
+    if decay > 0:  # after the BN adaptation: the teacher starts from the adapted model
         trainer.state["teacher"] = EMATeacher(run.model, decay)
     log.info("self-supervised: %d unlabeled crops, %d objects, perceptual=%s", len(real), len(run.objects.ids),
              getattr(step_fn.perceptual, "name", None))
-    epochs = int(get(cfg, "init.adapt_bn_epochs", 0) or 0)
-    if epochs > 0:  # before resume: a resumed run's checkpoint restores the statistics it trained with
-        from pose6d_ros.training.bn_adapt import adapt_batchnorm
-
-        bs = int(get(cfg, "init.adapt_bn_batch", 64))
-        order = torch.randperm(len(real) * epochs, generator=torch.Generator().manual_seed(seed)) % len(real)
-        chunks = [order[i:i + bs].tolist() for i in range(0, len(order) - bs + 1, bs)]
-        n = adapt_batchnorm(run.model, ((b["image"].to(run.device), b["object_index"].to(run.device))
-                                        for b in (real.batch(c, with_labels=False) for c in chunks)))
-        log.info("BatchNorm statistics re-estimated on %d unlabeled target crops (%d epochs)", n, epochs)
     if resume:
         trainer.resume()
     trainer.train()
     return run.finish(trainer, "selfsup")
+
+
+def _adapt_bn(run: Run, real, epochs: int, batch: int, seed: int) -> None:
+    """``init.adapt_bn_epochs`` (ours): BN statistics of Φ re-estimated on the unlabeled crops, in
+    batches of ``batch`` (a smaller last one only when there is no full one). Every rank computes
+    the same statistics from the same seeded order; rank 0's are broadcast so that they agree."""
+    from pose6d_ros.training import distributed as du
+    from pose6d_ros.training.bn_adapt import adapt_batchnorm
+
+    order = torch.randperm(len(real) * epochs, generator=torch.Generator().manual_seed(seed)) % len(real)
+    chunks = [order[i:i + batch].tolist() for i in range(0, len(order), batch)]
+    if len(chunks) > 1 and len(chunks[-1]) < batch:
+        chunks.pop()
+    n = adapt_batchnorm(run.model, ((b["image"].to(run.device), b["object_index"].to(run.device))
+                                    for b in (real.batch(c, with_labels=False) for c in chunks)))
+    du.broadcast_parameters(run.model)
+    log.info("BatchNorm statistics re-estimated on %d unlabeled target crops (%d epochs)", n, epochs)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:

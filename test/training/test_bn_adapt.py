@@ -43,5 +43,7 @@ def test_weights_untouched_and_empty_input_is_an_error():
     for k, v in before.items():
         torch.testing.assert_close(model.state_dict()[k], v)
     assert not model.training
+    stats = model.bn.running_mean.clone()
     with pytest.raises(ValueError, match="no batches"):
         adapt_batchnorm(model, [])
+    torch.testing.assert_close(model.bn.running_mean, stats)  # an error leaves the statistics as they were

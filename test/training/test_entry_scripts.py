@@ -49,7 +49,8 @@ def test_supervised_selfsup_evaluate(tiny_suite, tmp_path):
     res = selfsup_main(_common(tiny_suite, ss) + ["--set", "optim.max_steps=2", "--set", f"init.checkpoint={syn / 'model.pt'}",
                                                   "--set", "init.freeze_early_stages=2", "--set", "init.freeze_early_steps=1",
                                                   "--set", "selfsup.render.max_faces=300", "--set", "eval.period=1",
-                                                  "--set", "init.adapt_bn_epochs=1", "--set", "init.adapt_bn_batch=2"])
+                                                  "--set", "init.adapt_bn_epochs=1", "--set", "init.adapt_bn_batch=2",
+                                                  "--set", "selfsup.ema_teacher=0.9"])
     from pose6d_ros.models import load_model
 
     # BN is frozen during the loop (init.freeze_bn), so only the adaptation to the real crops moves its statistics
@@ -57,7 +58,10 @@ def test_supervised_selfsup_evaluate(tiny_suite, tmp_path):
                 for p in (syn / "model.pt", ss / "model.pt")]
     assert bn_stats[0].keys() == bn_stats[1].keys() and bn_stats[0]
     assert all(not torch.allclose(bn_stats[0][k], bn_stats[1][k]) for k in bn_stats[0])
-    hist = torch.load(ss / "last.pt", weights_only=False)["extra"]["history"]
+    extra = torch.load(ss / "last.pt", weights_only=False)["extra"]
+    # the EMA teacher (h1) starts from the adapted model, not from the synthetic statistics
+    assert all(torch.allclose(extra["teacher"]["module." + k], bn_stats[1][k], atol=1e-6) for k in bn_stats[1])
+    hist = extra["history"]
     assert len(hist) == 2 and all(torch.isfinite(torch.tensor(h["total"])) for h in hist)
     assert len(res["diag"]) >= 2 and "kp_err_median_px" in res["diag"][0]
 
