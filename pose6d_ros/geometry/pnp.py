@@ -49,8 +49,14 @@ class PnPResult:
     iterations: int
 
 
+#: Most LM iterations by default. The early exit stops a batch at 3 at 1 px noise; 15 rather than
+#: 10 because the undamped first step, when rejected, costs an iteration: at 5 px noise, 10 left 53
+#: of 1,000 problems off the optimum by > 1e-2 in R, 15 leave 14 (the damped start's 10 left 39).
+DEFAULT_ITERATIONS = 15
+
+
 def solve_pnp(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights: Optional[Tensor] = None,
-              iterations: int = 10, huber_delta: Optional[float] = 5.0,
+              iterations: int = DEFAULT_ITERATIONS, huber_delta: Optional[float] = 5.0,
               tol: Optional[float] = None) -> PnPResult:
     """Solve a batch of PnP problems; differentiable by the implicit function theorem.
 
@@ -756,7 +762,7 @@ def _implicit_lambda(inputs, grad_R: Tensor, grad_t: Tensor, R: Tensor, t: Tenso
 class PnPLayer(torch.nn.Module):
     """``nn.Module`` holding the solver settings; ``forward`` is :func:`solve_pnp`."""
 
-    def __init__(self, iterations: int = 10, huber_delta: Optional[float] = 5.0,
+    def __init__(self, iterations: int = DEFAULT_ITERATIONS, huber_delta: Optional[float] = 5.0,
                  tol: Optional[float] = None) -> None:
         super().__init__()
         self.iterations, self.huber_delta, self.tol = iterations, huber_delta, tol

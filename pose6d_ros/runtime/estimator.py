@@ -19,7 +19,7 @@ import torch
 from pose6d_ros._checks import check_shape
 from pose6d_ros.data.crops import CropBatch, crop_images, square_windows
 from pose6d_ros.geometry.camera import CameraModel, crop_intrinsics, undistort_points
-from pose6d_ros.geometry.pnp import solve_pnp
+from pose6d_ros.geometry.pnp import DEFAULT_ITERATIONS, solve_pnp
 from pose6d_ros.runtime.backends import KeypointPredictor, make_predictor
 
 #: Values of :attr:`PoseEstimate.reason` (``""`` when ``ok``).
@@ -117,7 +117,7 @@ class Estimator:
         min_score: float = 0.0,
         providers: Optional[Sequence[str]] = None,
         intra_op_threads: int = 0,
-        pnp_iterations: int = 10,
+        pnp_iterations: int = DEFAULT_ITERATIONS,
     ) -> None:
         if isinstance(model, (str, os.PathLike)):
             predictor = make_predictor(model, backend=backend, device=device, providers=providers,
