@@ -76,7 +76,7 @@ _WORKER: dict = {}
 
 def _init_worker(registry_yaml: str, cfg_json: str, seed: int, out: str) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from pose6d_ros.data.simreal import RealDomainConfig, RealRenderer
+    from pose6d_ros.data.simreal import RealRenderer
     from pose6d_ros.registry import ObjectRegistry
 
     reg = ObjectRegistry.from_yaml(registry_yaml)

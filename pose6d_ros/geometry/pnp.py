@@ -230,7 +230,8 @@ def _constants(N: int, dtype: torch.dtype, device: torch.device) -> _Constants:
         step_trans = torch.zeros(6, 3, 4, **kw)
         step_trans[3:, :, 3] = torch.diag(torch.tensor([-1.0, -1.0, 1.0], **kw))
         return _Constants(
-            dummy_3d=d3, dummy_2d=d2, dummy_Xh=dXh, dummy_xn=d2.T.contiguous(), dummy_T=dT, eye3=torch.eye(3, **kw), eye6=eye6, eye4=torch.eye(4, **kw),
+            dummy_3d=d3, dummy_2d=d2, dummy_Xh=dXh, dummy_xn=d2.T.contiguous(), dummy_T=dT,
+            eye3=torch.eye(3, **kw), eye6=eye6, eye4=torch.eye(4, **kw),
             ones=torch.ones(1, N, **kw), zero=torch.zeros(1, 1, N, **kw), wn_unit=torch.full((1, 1, N), 1.0 / N, **kw),
             rsqrt_n=torch.tensor(N ** -0.5, **kw),
             flat2_form=form.view(16, 1), had=had, had_s=math.sqrt(0.5) * had,
