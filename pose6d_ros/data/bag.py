@@ -23,14 +23,13 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 
 from pose6d_ros.data import bop
-from pose6d_ros.data.images import SUPPORTED_ENCODINGS, ImageDecodeError, raw_to_rgb
+from pose6d_ros.data.images import SUPPORTED_ENCODINGS, ImageDecodeError, compressed_to_rgb, raw_to_rgb
 
 __all__ = ["BagImportError", "ImportSummary", "SUPPORTED_ENCODINGS", "decode_image", "import_bag", "main"]
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
-# encoding -> (channels, index order that gives RGB)
 
 
 class BagImportError(RuntimeError):
@@ -60,16 +59,10 @@ def decode_image(msg: Any, msgtype: str) -> np.ndarray:
         BagImportError: unsupported encoding or inconsistent size.
     """
     if msgtype == COMPRESSED_TYPE:
-        import cv2
-
-        img = cv2.imdecode(np.asarray(msg.data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise BagImportError(f"CompressedImage with format '{msg.format}' could not be decoded")
-        if img.dtype != np.uint8:
-            raise BagImportError(f"CompressedImage with format '{msg.format}': {img.dtype} images are not supported")
-        if img.ndim == 2:
-            return np.repeat(img[:, :, None], 3, axis=2)
-        return np.ascontiguousarray(img[:, :, [2, 1, 0]])  # cv2 decodes to BGR(A)
+        try:
+            return compressed_to_rgb(msg.data, msg.format)
+        except ImageDecodeError as e:
+            raise BagImportError(f"CompressedImage.{e}") from e
     try:
         return raw_to_rgb(msg.data, msg.height, msg.width, msg.step, msg.encoding)
     except ImageDecodeError as e:

@@ -1,6 +1,8 @@
-"""Raw `sensor_msgs/Image` pixel buffers -> RGB arrays, shared by the ROS node and bag import.
+"""Image buffers of `sensor_msgs/Image` and `CompressedImage` -> RGB arrays, shared by the ROS node
+and bag import.
 
-The core knows the layout of the five 8-bit encodings; it never needs a message class.
+The core knows the layout of the five 8-bit raw encodings, and decodes jpeg and png with OpenCV; it
+never needs a message class.
 """
 
 from __future__ import annotations
@@ -45,3 +47,35 @@ def raw_to_rgb(data: Any, height: int, width: int, step: int, encoding: str) -> 
         raise ImageDecodeError(f"data: {buf.size} bytes, expected height*step = {h * step}")
     rows = buf[: h * step].reshape(h, step)[:, : w * channels].reshape(h, w, channels)
     return np.ascontiguousarray(rows[:, :, list(order)])
+
+
+# image_transport's `compressed` plugin writes `format` as "<encoding>; <jpeg|png> compressed <encoding>",
+# older publishers as just "jpeg" or "png"; OpenCV reads the codec from the bytes themselves.
+_COMPRESSED_CODECS = ("jpeg", "jpg", "png")
+
+
+def compressed_to_rgb(data: Any, fmt: str) -> np.ndarray:
+    """A `CompressedImage` buffer (jpeg or png, 8-bit) -> ``(H, W, 3)`` uint8 RGB.
+
+    Grey images come back with the grey value in all three channels, and an alpha channel is dropped,
+    as for the raw encodings.
+
+    Raises:
+        ImageDecodeError: naming ``format`` (not jpeg or png, e.g. ``compressedDepth``) or ``data``
+        (not decodable, or not 8-bit).
+    """
+    import cv2
+
+    codec = str(fmt).lower()
+    if codec and ("compresseddepth" in codec or not any(c in codec for c in _COMPRESSED_CODECS)):
+        raise ImageDecodeError(f"format: unsupported '{fmt}' (jpeg or png images are supported)")
+    buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) \
+        else np.asarray(data, dtype=np.uint8).reshape(-1)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    if img is None:
+        raise ImageDecodeError(f"data: {buf.size} bytes could not be decoded as '{fmt or 'jpeg/png'}'")
+    if img.dtype != np.uint8:
+        raise ImageDecodeError(f"data: {img.dtype} pixels are not supported (8-bit jpeg or png)")
+    if img.ndim == 2:
+        return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
+    return np.ascontiguousarray(img[:, :, [2, 1, 0]])  # OpenCV decodes to BGR(A)

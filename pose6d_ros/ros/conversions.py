@@ -2,6 +2,10 @@
 
 Functions raise `MessageError` (a ValueError naming the message field) on bad input; nodes catch it
 and skip the message with a throttled warning.
+
+Libraries first: images go through cv_bridge where it is installed (any ROS distribution), else
+through the core decoder; rotation matrices become quaternions through tf_transformations where it
+is installed, else through transforms3d (the same Gohlke code that tf_transformations wraps).
 """
 
 from __future__ import annotations
@@ -11,8 +15,21 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pose6d_ros.data.images import ImageDecodeError, raw_to_rgb
+from pose6d_ros.data.images import ImageDecodeError, compressed_to_rgb, raw_to_rgb
 from pose6d_ros.geometry.camera import CameraModel
+
+try:  # a ROS distribution's package; absent from PyPI (and so from CI)
+    from cv_bridge import CvBridge
+except ImportError:
+    CvBridge = None
+
+try:  # ros-<distro>-tf-transformations; (x, y, z, w) from a 4x4 matrix
+    from tf_transformations import quaternion_from_matrix as _tf_quaternion_from_matrix
+except ImportError:
+    _tf_quaternion_from_matrix = None
+from transforms3d.quaternions import mat2quat  # (w, x, y, z) from a 3x3 matrix
+
+_BRIDGE = CvBridge() if CvBridge is not None else None
 
 class MessageError(ValueError):
     """A message that cannot be converted; the text names the offending field."""
@@ -34,15 +51,41 @@ def stamp_key(stamp) -> Tuple[int, int]:
 
 
 def image_to_rgb(msg) -> np.ndarray:
-    """`sensor_msgs/Image` -> `(H, W, 3)` uint8 RGB.
+    """`sensor_msgs/Image` -> `(H, W, 3)` uint8 RGB, through cv_bridge when it is installed.
 
-    Supports rgb8, bgr8, rgba8, bgra8 and mono8 with any row `step` (8-bit data has no endianness).
-    Raises `MessageError` naming the field otherwise.
+    Without cv_bridge, :func:`raw_image_to_rgb` decodes rgb8, bgr8, rgba8, bgra8 and mono8. Raises
+    `MessageError` naming the field (encoding, height/width, step or data) otherwise.
+    """
+    if _BRIDGE is None:
+        return raw_image_to_rgb(msg)
+    try:
+        return np.ascontiguousarray(_BRIDGE.imgmsg_to_cv2(msg, desired_encoding="rgb8"))
+    except Exception as e:  # noqa: BLE001 - cv_bridge raises CvBridgeError, TypeError or ValueError
+        raw_image_to_rgb(msg)  # names the field where the core decoder can tell which one is wrong
+        raise MessageError(f"Image.encoding: cv_bridge cannot convert '{msg.encoding}' to rgb8: {e}") from e
+
+
+def raw_image_to_rgb(msg) -> np.ndarray:
+    """The fallback of :func:`image_to_rgb`: the core decoder, cv_bridge's behaviour for 8-bit images.
+
+    Like ``CvBridge().imgmsg_to_cv2(msg, "rgb8")``: a row ``step`` wider than the pixels is cropped,
+    alpha is dropped, mono8 is replicated into three channels (8-bit data has no endianness).
     """
     try:
         return raw_to_rgb(msg.data, msg.height, msg.width, msg.step, msg.encoding)
     except ImageDecodeError as e:
         raise MessageError(f"Image.{e}") from e
+
+
+def compressed_image_to_rgb(msg) -> np.ndarray:
+    """`sensor_msgs/CompressedImage` (jpeg or png, image_transport's ``compressed``) -> `(H, W, 3)` uint8 RGB.
+
+    Decoded by OpenCV. Raises `MessageError` naming ``CompressedImage.format`` or ``.data``.
+    """
+    try:
+        return compressed_to_rgb(msg.data, msg.format)
+    except ImageDecodeError as e:
+        raise MessageError(f"CompressedImage.{e}") from e
 
 
 def rgb_to_image(rgb: np.ndarray, header, encoding: str = "rgb8"):
@@ -108,21 +151,18 @@ def detection_from_msg(det, index: int = 0) -> Detection:
 
 
 def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
-    """Rotation matrix (3, 3) -> unit quaternion (x, y, z, w), w >= 0 (Shepperd's method)."""
+    """Rotation matrix (3, 3) -> unit quaternion in ROS order (x, y, z, w), with w >= 0.
+
+    The sign is fixed so that equal rotations publish equal quaternions.
+    """
     R = np.asarray(R, dtype=np.float64)
-    tr = np.trace(R)
-    if tr > 0:
-        s = 2.0 * np.sqrt(tr + 1.0)
-        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s]
+    if _tf_quaternion_from_matrix is not None:
+        M = np.eye(4)
+        M[:3, :3] = R
+        q = np.asarray(_tf_quaternion_from_matrix(M), dtype=np.float64)
     else:
-        i = int(np.argmax(np.diag(R)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * np.sqrt(max(1.0 + R[i, i] - R[j, j] - R[k, k], 1e-300))
-        q = [0.0, 0.0, 0.0, (R[k, j] - R[j, k]) / s]
-        q[i] = 0.25 * s
-        q[j] = (R[j, i] + R[i, j]) / s
-        q[k] = (R[k, i] + R[i, k]) / s
-    q = np.asarray(q)
+        w, x, y, z = mat2quat(R)
+        q = np.array([x, y, z, w])
     q /= np.linalg.norm(q)
     return q if q[3] >= 0 else -q
 

@@ -54,19 +54,97 @@ def test_bad_images_name_the_field(field, mutate):
         conv.image_to_rgb(msg)
 
 
+def _scipy_quaternion(R):
+    ref = Rotation.from_matrix(R).as_quat()  # (x, y, z, w)
+    return ref if ref[3] >= 0 else -ref
+
+
 def test_quaternion_matches_scipy():
-    rng = np.random.default_rng(3)
     for R in Rotation.random(200, random_state=4).as_matrix():
+        np.testing.assert_allclose(conv.matrix_to_quaternion(R), _scipy_quaternion(R), atol=1e-9)
+
+
+@pytest.mark.parametrize("gap", [0.0, 1e-9, 1e-6, 1e-3])
+def test_quaternion_near_180_degrees_matches_scipy(gap):
+    """Near 180 degrees w -> 0 and the trace-based formula loses precision; the rotation must survive."""
+    axes = np.vstack([np.eye(3), Rotation.random(20, random_state=5).as_rotvec()])
+    for axis in axes / np.linalg.norm(axes, axis=1, keepdims=True):
+        R = Rotation.from_rotvec((np.pi - gap) * axis).as_matrix()
         q = conv.matrix_to_quaternion(R)
-        ref = Rotation.from_matrix(R).as_quat()  # (x, y, z, w)
-        ref = ref if ref[3] >= 0 else -ref
-        np.testing.assert_allclose(q, ref, atol=1e-9)
-    # 180-degree rotations take the non-trace branch
-    for axis in np.eye(3):
-        R = Rotation.from_rotvec(np.pi * axis).as_matrix()
-        q = conv.matrix_to_quaternion(R)
+        assert q[3] >= 0 and abs(np.linalg.norm(q) - 1) < 1e-12
         np.testing.assert_allclose(Rotation.from_quat(q).as_matrix(), R, atol=1e-9)
-    assert rng is not None
+        if gap > 0:  # at exactly 180 degrees w = 0 and q, -q are both canonical
+            np.testing.assert_allclose(q, _scipy_quaternion(R), atol=1e-8)
+
+
+# What CvBridge().imgmsg_to_cv2(msg, desired_encoding="rgb8") returns for each 8-bit encoding (cv_bridge's
+# documented conversions: channel order swapped for bgr, alpha dropped, mono replicated), on one 1x2 image
+# whose two pixels are (R, G, B, A) = (10, 20, 30, 40) and (50, 60, 70, 80) or grey 90 and 100.
+_BRIDGE_CASES = {
+    "rgb8": (np.array([[[10, 20, 30], [50, 60, 70]]], np.uint8), [[[10, 20, 30], [50, 60, 70]]]),
+    "bgr8": (np.array([[[30, 20, 10], [70, 60, 50]]], np.uint8), [[[10, 20, 30], [50, 60, 70]]]),
+    "rgba8": (np.array([[[10, 20, 30, 40], [50, 60, 70, 80]]], np.uint8), [[[10, 20, 30], [50, 60, 70]]]),
+    "bgra8": (np.array([[[30, 20, 10, 40], [70, 60, 50, 80]]], np.uint8), [[[10, 20, 30], [50, 60, 70]]]),
+    "mono8": (np.array([[90, 100]], np.uint8), [[[90, 90, 90], [100, 100, 100]]]),
+}
+
+
+@pytest.mark.parametrize("encoding", sorted(_BRIDGE_CASES))
+@pytest.mark.parametrize("pad", [0, 3])
+def test_fallback_decoder_agrees_with_cv_bridge(encoding, pad):
+    """The fallback gives what cv_bridge gives: cv_bridge itself where installed, its documented output otherwise."""
+    source, documented = _BRIDGE_CASES[encoding]
+    msg = _image_msg(source, encoding, pad)
+    if conv.CvBridge is not None:
+        expected = conv.CvBridge().imgmsg_to_cv2(msg, desired_encoding="rgb8")
+    else:
+        expected = np.array(documented, np.uint8)
+    np.testing.assert_array_equal(conv.raw_image_to_rgb(msg), expected)
+    np.testing.assert_array_equal(conv.image_to_rgb(msg), expected)
+
+
+def _compressed_msg(data: bytes, fmt: str):
+    from sensor_msgs.msg import CompressedImage
+
+    return CompressedImage(format=fmt, data=data)
+
+
+def _smooth_rgb(h=48, w=64):
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([4 * x, 5 * y, 2 * (x + y)], axis=2).astype(np.uint8)
+
+
+def test_compressed_png_is_exact_and_jpeg_is_close():
+    rgb = _smooth_rgb()
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    np.testing.assert_array_equal(conv.compressed_image_to_rgb(_compressed_msg(png.tobytes(), "bgr8; png compressed bgr8")), rgb)
+    ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    out = conv.compressed_image_to_rgb(_compressed_msg(jpg.tobytes(), "rgb8; jpeg compressed bgr8"))
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    # a channel swap would put the mean error near 60; jpeg at quality 95 on a smooth image stays near 1
+    assert np.abs(out.astype(int) - rgb).mean() < 3
+    grey = rgb[:, :, 1]
+    ok, png = cv2.imencode(".png", grey)
+    out = conv.compressed_image_to_rgb(_compressed_msg(png.tobytes(), "png"))
+    np.testing.assert_array_equal(out, np.repeat(grey[:, :, None], 3, axis=2))
+
+
+@pytest.mark.parametrize("fmt,data,field", [
+    ("16UC1; compressedDepth png", b"\x89PNG....", "format"),
+    ("tiff", b"II*\x00", "format"),
+    ("jpeg", b"not a jpeg at all", "data"),
+    ("jpeg", b"", "data"),
+])
+def test_bad_compressed_images_name_the_field(fmt, data, field):
+    with pytest.raises(conv.MessageError, match=rf"CompressedImage\.{field}"):
+        conv.compressed_image_to_rgb(_compressed_msg(data, fmt))
+
+
+def test_sixteen_bit_png_is_refused():
+    ok, png = cv2.imencode(".png", np.full((4, 4), 4000, np.uint16))
+    with pytest.raises(conv.MessageError, match=r"CompressedImage\.data: uint16"):
+        conv.compressed_image_to_rgb(_compressed_msg(png.tobytes(), "png"))
 
 
 def test_camera_info_conversion_and_rejection():
