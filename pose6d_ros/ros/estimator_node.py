@@ -28,6 +28,7 @@ from pose6d_ros.ros import conversions as conv
 from pose6d_ros.ros.spin import spin_node
 from pose6d_ros.ros.params import ESTIMATOR_PARAMS, EstimatorParams, ParameterError, validate
 from pose6d_ros.registry import ObjectRegistry
+from pose6d_ros.runtime.backends import set_thread_counts
 from pose6d_ros.runtime.estimator import SKIP_REASONS, Estimator
 from pose6d_ros.runtime.visualize import draw_boxes
 
@@ -61,8 +62,9 @@ class EstimatorNode(Node):
         self.params: EstimatorParams = validate(values)
         p = self.params
         self.registry = ObjectRegistry.from_yaml(p.objects)
+        set_thread_counts(p.num_threads)
         self.estimator = Estimator(p.model, self.registry, backend=p.backend, device=p.device,
-                                   min_score=p.min_score)
+                                   min_score=p.min_score, intra_op_threads=p.num_threads)
         self.warnings = ThrottledWarnings(self.get_logger(), p.warn_throttle_s)
         self.camera: Optional[CameraModel] = None
         self._images: "OrderedDict[Tuple[int, int], Image]" = OrderedDict()

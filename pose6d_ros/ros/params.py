@@ -30,6 +30,8 @@ ESTIMATOR_PARAMS: Dict[str, ParamSpec] = {
     "device": ParamSpec("cpu", "Inference device", choices=("cpu", "cuda")),
     "backend": ParamSpec("auto", "auto: ONNX Runtime for .onnx models, torch for .pt",
                          choices=("auto", "torch", "onnxruntime")),
+    "num_threads": ParamSpec(1, "CPU threads of torch (intra- and inter-op) and of ONNX Runtime sessions. 1 suits "
+                             "a few detections per frame on cores shared with other nodes", range=(1, 64)),
     "publish_tf": ParamSpec(True, "Publish TF frames <object>_<k> under the camera frame"),
     "publish_debug_image": ParamSpec(False, "Publish ~/debug_image with the projected 3D boxes"),
     "publish_markers": ParamSpec(False, "Publish ~/markers (visualization_msgs/MarkerArray) for RViz"),
@@ -53,6 +55,7 @@ class EstimatorParams:
     min_score: float
     device: str
     backend: str
+    num_threads: int
     publish_tf: bool
     publish_debug_image: bool
     publish_markers: bool

@@ -145,3 +145,20 @@ def wait_for_match():
         return wait_until(lambda: publisher.get_subscription_count() >= count, timeout)
 
     return _wait
+
+
+@pytest.fixture(scope="session")
+def node_setup(tmp_path_factory):
+    """(registry, object ids, model path, frames, tmp dir) shared by the estimator-node tests: the
+    model is exported and the frames are rendered once per session."""
+    from node_fixtures import REGISTRY_YAML, make_frames, make_model
+
+    from pose6d_ros.registry import ObjectRegistry
+
+    registry = ObjectRegistry.from_yaml(REGISTRY_YAML)
+    names = ["duck", "teddy", "lego"]
+    ids = [registry.resolve(n).id if n in registry.names else registry.ids[i] for i, n in enumerate(names)]
+    tmp = tmp_path_factory.mktemp("node")
+    model = make_model(registry, ids, tmp / "model.onnx")
+    frames = make_frames(registry, ids, n_per_object=2)
+    return registry, ids, model, frames, tmp

@@ -7,12 +7,14 @@ which still checks the ROS plumbing (the node must equal a direct `Estimator` ca
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from typing import List
 
@@ -102,3 +104,68 @@ class NodeProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+# -- messages and graph helpers shared by the node tests -----------------------------------------------
+
+def stamp(k: int, nanosec: int = 17):
+    from builtin_interfaces.msg import Time
+
+    return Time(sec=1000 + k, nanosec=nanosec)
+
+
+def camera_info_msg(frame: Frame, stamp_msg, frame_id: str = "camera_optical"):
+    from sensor_msgs.msg import CameraInfo
+
+    info = CameraInfo(width=frame.rgb.shape[1], height=frame.rgb.shape[0], distortion_model="plumb_bob")
+    info.header.stamp = stamp_msg
+    info.header.frame_id = frame_id
+    info.k = [float(v) for v in frame.K.reshape(-1)]
+    info.d = [0.0] * 5
+    return info
+
+
+def input_publishers(node, image_topic: str = "/camera/image_raw", camera_info_topic: str = "/camera/camera_info",
+                     detections_topic: str = "/detections"):
+    """(image, camera_info, detections) publishers on the node's default topics."""
+    from sensor_msgs.msg import CameraInfo, Image
+    from vision_msgs.msg import Detection2DArray
+
+    return (node.create_publisher(Image, image_topic, 10),
+            node.create_publisher(CameraInfo, camera_info_topic, 10),
+            node.create_publisher(Detection2DArray, detections_topic, 10))
+
+
+def frame_messages(frame: Frame, k: int, registry, det_stamp=None):
+    """(Image bgr8, Detection2DArray, core detections) of one frame, both stamped ``stamp(k)``
+    unless ``det_stamp`` restamps the detections."""
+    from std_msgs.msg import Header
+
+    from pose6d_ros.ros import conversions as conv
+
+    header = Header(stamp=stamp(k), frame_id="camera_optical")
+    det_header = Header(stamp=det_stamp if det_stamp is not None else stamp(k), frame_id="camera_optical")
+    dets = [conv.Detection(registry.get(oid).name, 0.9, box) for oid, box in zip(frame.obj_ids, frame.boxes)]
+    return conv.rgb_to_image(frame.rgb, header, "bgr8"), conv.detection2d_array_msg(det_header, dets), dets
+
+
+def wait_subscribed(pub, timeout: float = 60.0) -> bool:
+    """True once ``pub`` sees a subscriber (the node is up and discovered)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and pub.get_subscription_count() == 0:
+        time.sleep(0.1)
+    return pub.get_subscription_count() > 0
+
+
+def all_finite_pose_array(msg) -> bool:
+    vals = [v for p in msg.poses for v in (p.position.x, p.position.y, p.position.z, p.orientation.x,
+                                            p.orientation.y, p.orientation.z, p.orientation.w)]
+    return all(math.isfinite(v) for v in vals)
+
+
+def node_params(model, **extra):
+    """``rclpy.parameter.Parameter`` overrides for an in-process ``EstimatorNode``."""
+    from rclpy.parameter import Parameter
+
+    values = {"model": str(model), "objects": str(REGISTRY_YAML), **extra}
+    return [Parameter(k, value=v) for k, v in values.items()]

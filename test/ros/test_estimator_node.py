@@ -9,63 +9,13 @@ import time
 import numpy as np
 import pytest
 
-from node_fixtures import REGISTRY_YAML, NodeProcess, make_frames, make_model
-
-OBJ_NAMES = ["duck", "teddy", "lego"]
+from node_fixtures import (REGISTRY_YAML, NodeProcess, all_finite_pose_array, camera_info_msg, frame_messages,
+                           input_publishers, stamp, wait_subscribed)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from pose6d_ros.registry import ObjectRegistry
-
-    registry = ObjectRegistry.from_yaml(REGISTRY_YAML)
-    ids = [registry.resolve(n).id if n in registry.names else registry.ids[i] for i, n in enumerate(OBJ_NAMES)]
-    tmp = tmp_path_factory.mktemp("node")
-    model = make_model(registry, ids, tmp / "model.onnx")
-    frames = make_frames(registry, ids, n_per_object=2)
-    return registry, ids, model, frames, tmp
-
-
-def _camera_info(frame, stamp):
-    from sensor_msgs.msg import CameraInfo
-
-    info = CameraInfo(width=frame.rgb.shape[1], height=frame.rgb.shape[0], distortion_model="plumb_bob")
-    info.header.stamp = stamp
-    info.header.frame_id = "camera_optical"
-    info.k = [float(v) for v in frame.K.reshape(-1)]
-    info.d = [0.0] * 5
-    return info
-
-
-def _stamp(k):
-    from builtin_interfaces.msg import Time
-
-    return Time(sec=1000 + k, nanosec=17)
-
-
-def _publishers(node):
-    from sensor_msgs.msg import CameraInfo, Image
-    from vision_msgs.msg import Detection2DArray
-
-    return (node.create_publisher(Image, "/camera/image_raw", 10),
-            node.create_publisher(CameraInfo, "/camera/camera_info", 10),
-            node.create_publisher(Detection2DArray, "/detections", 10))
-
-
-def _frame_messages(frame, k, registry):
-    from std_msgs.msg import Header
-
-    from pose6d_ros.ros import conversions as conv
-
-    header = Header(stamp=_stamp(k), frame_id="camera_optical")
-    dets = [conv.Detection(registry.get(oid).name, 0.9, box) for oid, box in zip(frame.obj_ids, frame.boxes)]
-    return conv.rgb_to_image(frame.rgb, header, "bgr8"), conv.detection2d_array_msg(header, dets), dets
-
-
-def _all_finite_pose_array(msg):
-    vals = [v for p in msg.poses for v in (p.position.x, p.position.y, p.position.z, p.orientation.x,
-                                            p.orientation.y, p.orientation.z, p.orientation.w)]
-    return all(math.isfinite(v) for v in vals)
+def setup(node_setup):
+    return node_setup
 
 
 def _all_finite_det3d(msg):
@@ -76,13 +26,6 @@ def _all_finite_det3d(msg):
             vals += [r.hypothesis.score, p.position.x, p.position.y, p.position.z, p.orientation.w]
         vals += [d.bbox.size.x, d.bbox.size.y, d.bbox.size.z, d.bbox.center.position.z]
     return all(math.isfinite(v) for v in vals)
-
-
-def _wait_node_up(spinner, pub, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and pub.get_subscription_count() == 0:
-        time.sleep(0.1)
-    return pub.get_subscription_count() > 0
 
 
 def test_node_matches_direct_estimator(setup, ros_context, spinner, collector, tmp_path):
@@ -104,14 +47,14 @@ def test_node_matches_direct_estimator(setup, ros_context, spinner, collector, t
         poses = collector(test_node, PoseArray, "/object_poses")
         det3d = collector(test_node, Detection3DArray, "/pose6d_estimator/detections")
         tfs = collector(test_node, TFMessage, "/tf")
-        pub_img, pub_info, pub_det = _publishers(test_node)
-        assert _wait_node_up(spinner, pub_img), node.log()
+        pub_img, pub_info, pub_det = input_publishers(test_node)
+        assert wait_subscribed(pub_img), node.log()
         time.sleep(1.0)
         direct = Estimator(str(model), registry, backend="onnxruntime", device="cpu", min_score=0.3)
         expected = []
         for k, frame in enumerate(frames):
-            img, dets_msg, dets = _frame_messages(frame, k, registry)
-            pub_info.publish(_camera_info(frame, _stamp(k)))
+            img, dets_msg, dets = frame_messages(frame, k, registry)
+            pub_info.publish(camera_info_msg(frame, stamp(k)))
             time.sleep(0.1)
             # Detections before the image for odd frames: pairing must not depend on arrival order.
             for msg, pub in ([(dets_msg, pub_det), (img, pub_img)] if k % 2 else [(img, pub_img), (dets_msg, pub_det)]):
@@ -155,7 +98,7 @@ def test_node_matches_direct_estimator(setup, ros_context, spinner, collector, t
         assert n_ok > 0, "no pose was estimated at all"
         tf_frames = {t.child_frame_id for m in tfs.wait_for(1, timeout=5) for t in m.transforms}
         assert any(f.endswith("_0") for f in tf_frames), tf_frames
-        assert all(_all_finite_pose_array(m) for m in got)
+        assert all(all_finite_pose_array(m) for m in got)
         assert node.alive(), node.log()
     finally:
         node.stop()
@@ -188,16 +131,16 @@ def test_fuzzing_never_kills_the_node_or_publishes_nan(setup, ros_context, spinn
         test_node = spinner.add(Node("fuzzer", context=ros_context))
         poses = collector(test_node, PoseArray, "/object_poses")
         det3d = collector(test_node, Detection3DArray, "/pose6d_estimator/detections")
-        pub_img, pub_info, pub_det = _publishers(test_node)
-        assert _wait_node_up(spinner, pub_img), node.log()
+        pub_img, pub_info, pub_det = input_publishers(test_node)
+        assert wait_subscribed(pub_img), node.log()
         time.sleep(1.0)
         frame = frames[0]
         sent = 0
         for k in range(400):
-            stamp = _stamp(10_000 + k)
-            header = Header(stamp=stamp, frame_id=str(rng.choice(["cam", "", "x" * 300])))
+            st = stamp(10_000 + k)
+            header = Header(stamp=st, frame_id=str(rng.choice(["cam", "", "x" * 300])))
             # camera_info: valid most of the time, else garbage K / D / size
-            info = _camera_info(frame, stamp)
+            info = camera_info_msg(frame, st)
             r = rng.random()
             if r < 0.2:
                 info.k = [float(rng.choice(floats)) for _ in range(9)]
@@ -246,21 +189,21 @@ def test_fuzzing_never_kills_the_node_or_publishes_nan(setup, ros_context, spinn
                 assert node.alive(), node.log()
         # unpaired stamps flood the bounded caches too
         for k in range(100):
-            pub_det.publish(Detection2DArray(header=Header(stamp=_stamp(50_000 + k))))
+            pub_det.publish(Detection2DArray(header=Header(stamp=stamp(50_000 + k))))
             sent += 1
         assert sent >= 1000
         time.sleep(3.0)
         assert node.alive(), node.log()
         # Still working: one good frame after the storm is answered.
         before = len(poses.messages)
-        pub_info.publish(_camera_info(frame, _stamp(90_000)))
+        pub_info.publish(camera_info_msg(frame, stamp(90_000)))
         time.sleep(0.3)
-        img, dets_msg, _ = _frame_messages(frame, 90_000 - 1000, registry)
+        img, dets_msg, _ = frame_messages(frame, 90_000 - 1000, registry)
         pub_img.publish(img)
         pub_det.publish(dets_msg)
         poses.wait_for(before + 1, timeout=30)
         assert any(m.header.stamp.sec == 90_000 for m in poses.messages), node.log()
-        assert all(_all_finite_pose_array(m) for m in poses.messages)
+        assert all(all_finite_pose_array(m) for m in poses.messages)
         assert all(_all_finite_det3d(m) for m in det3d.messages)
         log = node.log()
         assert "Traceback" not in log, log
