@@ -8,7 +8,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -193,6 +193,15 @@ class ModelCard:
         crop_padding: crop window side over the detection box's longer side used in training
             (``data.crops.square_windows``); the runtime must crop the same way.
         extra: free-form notes (training run, data), JSON-serialisable.
+        parameters: parameters of the network (:func:`count_parameters`; the CIN table included;
+            training-only modules such as hint adapters are not part of the network).
+        macs_per_crop: multiply-accumulates of one crop's forward pass in Conv2d and Linear layers
+            (:func:`count_macs`).
+        training: how it was trained, JSON-serialisable: ``kind`` (trainer), ``recipe`` (the whole
+            resolved config) and, for a distilled student, ``teachers`` (one record per object).
+
+    ``parameters`` and ``macs_per_crop`` are measured from the network (:func:`save_model` and
+    ``export_onnx`` fill them when absent), not declared, so they take no part in comparing two cards.
     """
 
     object_ids: Tuple[int, ...]
@@ -203,6 +212,9 @@ class ModelCard:
     conditioning: str
     crop_padding: float = 1.3
     extra: Mapping[str, Any] = field(default_factory=dict)
+    parameters: Optional[int] = field(default=None, compare=False)
+    macs_per_crop: Optional[int] = field(default=None, compare=False)
+    training: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.object_ids)
@@ -231,8 +243,12 @@ class ModelCard:
         conditioning: str,
         crop_padding: float = 1.3,
         extra: Mapping[str, Any] | None = None,
+        parameters: Optional[int] = None,
+        macs_per_crop: Optional[int] = None,
+        training: Mapping[str, Any] | None = None,
     ) -> "ModelCard":
-        """Build a card from arrays (``keypoints`` ``(N, K, 3)`` metres)."""
+        """Build a card from arrays (``keypoints`` ``(N, K, 3)`` metres). ``training`` goes through
+        JSON (paths and other objects become strings), so the card round-trips through its file."""
         if isinstance(keypoints, torch.Tensor):
             keypoints = keypoints.detach().cpu().double().numpy()
         kp = np.asarray(keypoints, dtype=np.float64)
@@ -242,7 +258,15 @@ class ModelCard:
             keypoints=tuple(tuple(tuple(float(v) for v in p) for p in obj) for obj in kp),
             crop_size=int(crop_size), backbone=str(backbone), conditioning=str(conditioning),
             crop_padding=float(crop_padding), extra=dict(extra or {}),
+            parameters=None if parameters is None else int(parameters),
+            macs_per_crop=None if macs_per_crop is None else int(macs_per_crop),
+            training=json.loads(json.dumps(dict(training or {}), default=str)),
         )
+
+    def with_model_stats(self, model: "PoseNet") -> "ModelCard":
+        """This card with ``parameters`` and ``macs_per_crop`` measured on ``model``."""
+        return dataclasses.replace(self, parameters=count_parameters(model),
+                                   macs_per_crop=count_macs(model, self.crop_size))
 
     @classmethod
     def for_model(cls, model: PoseNet, registry, object_ids: Sequence[Union[int, str]] | None = None,
@@ -301,12 +325,15 @@ _atomic_write = atomic_write
 
 
 def save_model(path: Union[str, os.PathLike], model: PoseNet, card: ModelCard) -> None:
-    """Write ``model``'s config, weights and ``card`` to ``path`` atomically (temp file + rename)."""
+    """Write ``model``'s config, weights and ``card`` to ``path`` atomically (temp file + rename).
+    The card gets the network's parameter count and MACs per crop when it lacks them."""
     if card.crop_size != model.crop_size or len(card.object_ids) != model.num_objects:
         raise ValueError(
             f"card (crop {card.crop_size}, {len(card.object_ids)} objects) does not fit the model "
             f"(crop {model.crop_size}, {model.num_objects} objects)"
         )
+    if card.parameters is None or card.macs_per_crop is None:
+        card = card.with_model_stats(model)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": CHECKPOINT_FORMAT, "config": model.config, "card": card.to_json(), "state_dict": state}
     _atomic_write(Path(path), lambda f: torch.save(payload, f))
@@ -323,3 +350,50 @@ def load_model(path: Union[str, os.PathLike], map_location: Union[str, torch.dev
     model = PoseNet.from_config(payload["config"])
     model.load_state_dict(payload["state_dict"])
     return model.to(map_location).eval(), ModelCard.from_json(payload["card"])
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters of ``model`` (every ``nn.Parameter``, trainable or frozen; buffers such
+    as BatchNorm running statistics are not parameters)."""
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def count_macs(model: nn.Module, crop_size: int) -> int:
+    """Multiply-accumulates of one forward pass on one ``(1, 3, crop_size, crop_size)`` crop,
+    counted by forward hooks on every ``Conv2d`` and ``Linear``.
+
+    A convolution costs ``out_elements · in_channels / groups · kh · kw`` MACs and a linear layer
+    ``out_elements · in_features``, where ``out_elements`` is the number of values it produces.
+    Normalisations, activations, pooling and the CIN lookup are not counted (a few per value, next
+    to hundreds per conv output). ``model`` is run in eval mode under ``no_grad`` on its own device
+    (so BatchNorm statistics do not move) and left in the mode it was in; a multi-output head
+    counts every object's outputs, since all of them are computed.
+    """
+    total = [0]
+
+    def conv_hook(m: nn.Conv2d, _inp, out: torch.Tensor) -> None:
+        kh, kw = m.kernel_size
+        total[0] += out.numel() * (m.in_channels // m.groups) * kh * kw
+
+    def linear_hook(m: nn.Linear, _inp, out: torch.Tensor) -> None:
+        total[0] += out.numel() * m.in_features
+
+    handles = []
+    for mod in model.modules():
+        if isinstance(mod, nn.Conv2d):
+            handles.append(mod.register_forward_hook(conv_hook))
+        elif isinstance(mod, nn.Linear):
+            handles.append(mod.register_forward_hook(linear_hook))
+    was_training = model.training
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, crop_size, crop_size, device=device),
+                  torch.zeros(1, dtype=torch.long, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return int(total[0])

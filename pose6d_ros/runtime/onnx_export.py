@@ -44,6 +44,9 @@ def card_metadata(card: ModelCard) -> dict[str, str]:
         "backbone": card.backbone,
         "conditioning": card.conditioning,
         "crop_padding": repr(card.crop_padding),
+        "parameters": str(card.parameters),
+        "macs_per_crop": str(card.macs_per_crop),
+        "training": json.dumps(card.training, sort_keys=True),
         "model_card": card.to_json(),
     }
 
@@ -79,7 +82,8 @@ def export_onnx(
 
     Args:
         model: the network; its crop size and object count must match ``card``.
-        card: the model card, stored in ``metadata_props``.
+        card: the model card, stored in ``metadata_props`` (with the network's parameter count and
+            MACs per crop measured here when the card lacks them).
         path: output ``.onnx`` file (written atomically: temp file + rename).
         opset: ONNX opset.
         exporter: ``"dynamo"`` (``torch.export``-based, the supported path) or ``"torchscript"``
@@ -95,6 +99,8 @@ def export_onnx(
                          f"model (crop {model.crop_size}, {model.num_objects} objects)")
     if exporter not in ("dynamo", "torchscript"):
         raise ValueError(f"exporter must be 'dynamo' or 'torchscript', got {exporter!r}")
+    if card.parameters is None or card.macs_per_crop is None:
+        card = card.with_model_stats(model)  # every exported network says its size and cost
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training

@@ -367,14 +367,17 @@ def diagnostic_eval(model: torch.nn.Module, data: Dict[str, torch.Tensor], objec
     return out
 
 
-def save_run_model(path: str | Path, model: torch.nn.Module, objects: RunObjects, extra: Dict[str, Any]) -> Path:
-    """``save_model`` with the model card of the run's objects."""
+def save_run_model(path: str | Path, model: torch.nn.Module, objects: RunObjects, extra: Dict[str, Any],
+                   training: Optional[Dict[str, Any]] = None) -> Path:
+    """``save_model`` with the model card of the run's objects; ``training`` is the card's record of
+    how the network was trained (trainer kind, recipe, teachers)."""
     from pose6d_ros.models import ModelCard, save_model
     from pose6d_ros.training.checkpoint import unwrap
 
     m = unwrap(model)
     card = ModelCard.create(object_ids=objects.ids, object_names=[objects.registry.get(i).name for i in objects.ids],
                             keypoints=objects.keypoints.double(), crop_size=m.crop_size,
-                            backbone=m.config["backbone"], conditioning=m.config["conditioning"], extra=extra)
+                            backbone=m.config["backbone"], conditioning=m.config["conditioning"], extra=extra,
+                            training=training)
     save_model(path, m, card)
     return Path(path)
