@@ -1,0 +1,226 @@
+"""The estimator node under a robot's load: 30 Hz images x 5 detections beside another CPU-bound process.
+
+    .venv/bin/python benchmarks/node_load.py [--model model.onnx] [--rate 30] [--detections 5] \
+        [--duration 60] [--no-busy] [--node-arg num_threads:=1]
+
+The node runs as its own process (the installed ``estimator_node`` console script with
+``config/estimator.yaml``), as on a robot. This script publishes Image (640x480 bgr8), CameraInfo and
+Detection2DArray at ``--rate`` with the same stamp, subscribes to ``/object_poses`` and
+``/diagnostics``, and meanwhile a third process keeps one core busy (a 1-thread matrix-product loop,
+``--no-busy`` turns it off). Reported: input and output rates, frames sent but never answered,
+latency from publishing a frame to receiving its PoseArray (p50/p99), and the node's RSS after
+warm-up and at the end. Targets on 2 cores (issue 15): >= 29 Hz out, p99 <= 60 ms, RSS growth <= 20 MB.
+
+Without ``--model`` an untrained Φ of the default architecture is exported to ONNX in a temporary
+folder: latency does not depend on the weights (its poses are mostly skipped as implausible, which
+costs the node the same crop, network and PnP work). The published PoseArray is counted either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # this process is the camera, not the workload
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+REGISTRY_YAML = ROOT / "config" / "objects_lm_lite.yaml"
+K = np.array([[572.4, 0.0, 325.3], [0.0, 573.6, 242.0], [0.0, 0.0, 1.0]])  # LINEMOD's camera
+WIDTH, HEIGHT = 640, 480
+BUSY_LOOP = "import numpy as np\na = np.random.rand(400, 400)\nwhile True:\n    a = a @ a; a /= np.abs(a).max()\n"
+
+
+def untrained_model(folder: Path) -> Path:
+    """An ONNX Φ of the default architecture over every registry object (random weights)."""
+    import torch
+
+    from pose6d_ros.models import DEFAULT_CONFIG, ModelCard, PoseNet
+    from pose6d_ros.registry import ObjectRegistry
+    from pose6d_ros.runtime.onnx_export import export_onnx
+
+    registry = ObjectRegistry.from_yaml(REGISTRY_YAML)
+    torch.manual_seed(0)
+    net = PoseNet(**{**DEFAULT_CONFIG, "num_objects": len(registry)}).eval()
+    return export_onnx(net, ModelCard.for_model(net, registry), folder / "untrained.onnx", exporter="torchscript")
+
+
+def node_command(model: Path, extra: List[str]) -> List[str]:
+    exe = Path(sys.executable).parent / "estimator_node"
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "pose6d_ros.ros.estimator_node"]
+    params = [f"model:={model}", f"objects:={REGISTRY_YAML}", *extra]
+    return cmd + ["--ros-args", "--params-file", str(ROOT / "config" / "estimator.yaml")] + \
+        [a for p in params for a in ("-p", p)]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def scene(registry, n_det: int, rng: np.random.Generator):
+    """One textured 640x480 frame and ``n_det`` boxes of different objects, all inside the image."""
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
+    rgb = np.stack([(x * 0.4) % 256, (y * 0.5) % 256, ((x + y) * 0.3) % 256], axis=2).astype(np.uint8)
+    rgb = np.clip(rgb.astype(int) + rng.integers(-20, 20, rgb.shape), 0, 255).astype(np.uint8)
+    boxes = []
+    for i in range(n_det):
+        w, h = rng.uniform(70, 130, 2)
+        x0, y0 = rng.uniform(0, WIDTH - w), rng.uniform(0, HEIGHT - h)
+        boxes.append((registry.names[i % len(registry.names)], (x0, y0, x0 + w, y0 + h)))
+    return rgb, boxes
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", help="exported .onnx (default: an untrained one, exported here)")
+    ap.add_argument("--rate", type=float, default=30.0, help="frames per second sent")
+    ap.add_argument("--detections", type=int, default=5, help="detections per frame")
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of load after warm-up")
+    ap.add_argument("--warmup", type=float, default=5.0, help="seconds of load before measuring")
+    ap.add_argument("--no-busy", action="store_true", help="no CPU-bound process beside the node")
+    ap.add_argument("--node-arg", action="append", default=[], metavar="NAME:=VALUE",
+                    help="extra node parameter (repeatable), e.g. num_threads:=2")
+    args = ap.parse_args(argv)
+
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseArray
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import CameraInfo, Image
+    from std_msgs.msg import Header
+    from vision_msgs.msg import Detection2DArray
+
+    from pose6d_ros.registry import ObjectRegistry
+    from pose6d_ros.ros import conversions as conv
+
+    registry = ObjectRegistry.from_yaml(REGISTRY_YAML)
+    tmp = tempfile.TemporaryDirectory(prefix="node_load_")
+    model = Path(args.model) if args.model else untrained_model(Path(tmp.name))
+    log_path = Path(tmp.name) / "node.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RCUTILS_COLORIZED_OUTPUT": "0"}
+    env.pop("OMP_NUM_THREADS", None)  # the node picks its own thread counts (its num_threads parameter)
+    node_proc = subprocess.Popen(node_command(model, args.node_arg), stdout=open(log_path, "w"),
+                                 stderr=subprocess.STDOUT, env=env)
+    busy = None if args.no_busy else subprocess.Popen(
+        [sys.executable, "-c", BUSY_LOOP], env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+
+    rclpy.init()
+    node = rclpy.create_node("node_load_camera")
+    pub_img = node.create_publisher(Image, "/camera/image_raw", 10)
+    pub_info = node.create_publisher(CameraInfo, "/camera/camera_info", 10)
+    pub_det = node.create_publisher(Detection2DArray, "/detections", 10)
+    sent: Dict[Tuple[int, int], float] = {}
+    received: Dict[Tuple[int, int], float] = {}
+    diagnostics: List[DiagnosticArray] = []
+    lock = threading.Lock()
+
+    def on_poses(msg: PoseArray) -> None:
+        with lock:
+            received.setdefault(conv.stamp_key(msg.header.stamp), time.monotonic())
+
+    node.create_subscription(PoseArray, "/object_poses", on_poses, 100)
+    node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+
+    rng = np.random.default_rng(0)
+    frames = [scene(registry, args.detections, rng) for _ in range(8)]
+    try:
+        deadline = time.monotonic() + 120
+        while pub_img.get_subscription_count() == 0 or pub_det.get_subscription_count() == 0:
+            if node_proc.poll() is not None:
+                print(log_path.read_text())
+                raise SystemExit(f"node_load: the node exited with {node_proc.returncode} before subscribing")
+            if time.monotonic() > deadline:
+                raise SystemExit("node_load: the node did not subscribe within 120 s")
+            time.sleep(0.2)
+        period = 1.0 / args.rate
+        total = args.warmup + args.duration
+        start = time.monotonic()
+        k = 0
+        rss_start = None
+        measure_from = None
+        while True:
+            now = time.monotonic()
+            if now - start >= total:
+                break
+            if rss_start is None and now - start >= args.warmup:
+                rss_start, measure_from = rss_mb(node_proc.pid), k
+            rgb, boxes = frames[k % len(frames)]
+            stamp_ns = 1_000_000_000 * 1000 + k * int(period * 1e9)
+            header = Header(frame_id="camera_optical")
+            header.stamp.sec, header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+            cam = CameraInfo(header=header, width=WIDTH, height=HEIGHT, distortion_model="plumb_bob")
+            cam.k, cam.d = [float(v) for v in K.reshape(-1)], [0.0] * 5
+            dets = [conv.Detection(name, 0.9, box) for name, box in boxes]
+            image = conv.rgb_to_image(rgb, header, "bgr8")
+            with lock:
+                sent[(header.stamp.sec, header.stamp.nanosec)] = time.monotonic()
+            pub_info.publish(cam)
+            pub_img.publish(image)
+            pub_det.publish(conv.detection2d_array_msg(header, dets))
+            k += 1
+            time.sleep(max(0.0, start + k * period - time.monotonic()))
+        time.sleep(1.0)  # the last frames' answers
+        rss_end = rss_mb(node_proc.pid)
+        alive = node_proc.poll() is None
+    finally:
+        if busy is not None:
+            busy.kill()
+        node_proc.send_signal(2)
+        try:
+            node_proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            node_proc.kill()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown()
+
+    with lock:
+        keys = sorted(sent)[measure_from:]
+        got = [received[key] - sent[key] for key in keys if key in received]
+    in_rate = len(keys) / args.duration
+    out_rate = len(got) / args.duration
+    lat = np.array(got) * 1000 if got else np.array([float("nan")])
+    print(f"node_load: model={model.name} rate={args.rate:g} Hz x {args.detections} detections, "
+          f"{args.duration:g} s measured after {args.warmup:g} s warm-up, busy process beside: {not args.no_busy}, "
+          f"node args: {args.node_arg or 'defaults'}")
+    print(f"| figure | value | target |\n|---|---:|---|")
+    print(f"| input rate | {in_rate:.2f} Hz | |")
+    print(f"| output rate | {out_rate:.2f} Hz | >= 29 Hz |")
+    print(f"| frames not answered | {len(keys) - len(got)} of {len(keys)} ({100 * (1 - len(got) / max(len(keys), 1)):.1f}%) | |")
+    print(f"| latency p50 / p99 | {np.percentile(lat, 50):.1f} / {np.percentile(lat, 99):.1f} ms | p99 <= 60 ms |")
+    print(f"| node RSS after warm-up / end | {rss_start:.1f} / {rss_end:.1f} MB (+{rss_end - rss_start:.1f}) | growth <= 20 MB |")
+    print(f"| node alive at the end | {alive} | |")
+    if diagnostics:
+        last = diagnostics[-1]
+        print(f"last /diagnostics ({len(diagnostics)} received):")
+        for status in last.status:
+            level = status.level[0] if isinstance(status.level, (bytes, bytearray)) else status.level
+            print(f"  [{level}] {status.name}: {status.message}; " + ", ".join(f"{kv.key}={kv.value}" for kv in status.values))
+    else:
+        print("no /diagnostics received")
+    ok = alive and out_rate >= 29 and np.percentile(lat, 99) <= 60 and rss_end - rss_start <= 20
+    print("targets met" if ok else "targets NOT met")
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
