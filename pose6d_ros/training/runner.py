@@ -109,7 +109,9 @@ class Run:
                        hooks=hooks, amp=bool(get(cfg, "amp", True)), grad_clip=float(get(cfg, "optim.grad_clip", 0)),
                        seed=int(get(cfg, "seed", 0)), output_dir=self.out, config=cfg)
 
-    def finish(self, trainer: Trainer, kind: str) -> Optional[Dict[str, Any]]:
+    def finish(self, trainer: Trainer, kind: str,
+               training: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
+        # the model card records how it was trained: the trainer, the whole recipe, and ``training``'s extras
         """Save ``model.pt`` and, when ``eval.final_test``, print the test table."""
         if trainer.step < trainer.max_steps:
             return None
@@ -121,7 +123,8 @@ class Run:
                 and get(self.cfg, "selfsup.ema_final", False):
             trainer.model.load_state_dict(trainer.state["teacher"].module.state_dict())
         path = save_run_model(self.out / "model.pt", trainer.model, self.objects,
-                              {"kind": kind, "steps": trainer.step, "output_dir": str(self.out)})
+                              {"kind": kind, "steps": trainer.step, "output_dir": str(self.out)},
+                              training={"kind": kind, "recipe": self.cfg, **(training or {})})
         log.info("wrote %s", path)
         result: Dict[str, Any] = {"model": str(path), "diag": trainer.state.get("eval", [])}
         if get(self.cfg, "eval.final_test", False) and self.test_split.is_dir():
