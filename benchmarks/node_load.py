@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,52 +35,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 import numpy as np  # noqa: E402
 
-REGISTRY_YAML = ROOT / "config" / "objects_lm_lite.yaml"
-K = np.array([[572.4, 0.0, 325.3], [0.0, 573.6, 242.0], [0.0, 0.0, 1.0]])  # LINEMOD's camera
-WIDTH, HEIGHT = 640, 480
-BUSY_LOOP = "import numpy as np\na = np.random.rand(400, 400)\nwhile True:\n    a = a @ a; a /= np.abs(a).max()\n"
-
-
-def untrained_model(folder: Path) -> Path:
-    """An ONNX Φ of the default architecture over every registry object (random weights)."""
-    import torch
-
-    from pose6d_ros.models import DEFAULT_CONFIG, ModelCard, PoseNet
-    from pose6d_ros.registry import ObjectRegistry
-    from pose6d_ros.runtime.onnx_export import export_onnx
-
-    registry = ObjectRegistry.from_yaml(REGISTRY_YAML)
-    torch.manual_seed(0)
-    net = PoseNet(**{**DEFAULT_CONFIG, "num_objects": len(registry)}).eval()
-    return export_onnx(net, ModelCard.for_model(net, registry), folder / "untrained.onnx", exporter="torchscript")
-
-
-def node_command(model: Path, extra: List[str]) -> List[str]:
-    exe = Path(sys.executable).parent / "estimator_node"
-    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "pose6d_ros.ros.estimator_node"]
-    params = [f"model:={model}", f"objects:={REGISTRY_YAML}", *extra]
-    return cmd + ["--ros-args", "--params-file", str(ROOT / "config" / "estimator.yaml")] + \
-        [a for p in params for a in ("-p", p)]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def scene(registry, n_det: int, rng: np.random.Generator):
-    """One textured 640x480 frame and ``n_det`` boxes of different objects, all inside the image."""
-    y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
-    rgb = np.stack([(x * 0.4) % 256, (y * 0.5) % 256, ((x + y) * 0.3) % 256], axis=2).astype(np.uint8)
-    rgb = np.clip(rgb.astype(int) + rng.integers(-20, 20, rgb.shape), 0, 255).astype(np.uint8)
-    boxes = []
-    for i in range(n_det):
-        w, h = rng.uniform(70, 130, 2)
-        x0, y0 = rng.uniform(0, WIDTH - w), rng.uniform(0, HEIGHT - h)
-        boxes.append((registry.names[i % len(registry.names)], (x0, y0, x0 + w, y0 + h)))
-    return rgb, boxes
+from benchmarks._node_harness import (BUSY_LOOP, REGISTRY_YAML, camera_info_msg, header_at, node_command,  # noqa: E402
+                                     rss_mb, scene, untrained_model)
 
 
 def main(argv=None) -> int:
@@ -101,7 +56,6 @@ def main(argv=None) -> int:
     from geometry_msgs.msg import PoseArray
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import CameraInfo, Image
-    from std_msgs.msg import Header
     from vision_msgs.msg import Detection2DArray
 
     from pose6d_ros.registry import ObjectRegistry
@@ -163,11 +117,8 @@ def main(argv=None) -> int:
             if rss_start is None and now - start >= args.warmup:
                 rss_start, measure_from = rss_mb(node_proc.pid), k
             rgb, boxes = frames[k % len(frames)]
-            stamp_ns = 1_000_000_000 * 1000 + k * int(period * 1e9)
-            header = Header(frame_id="camera_optical")
-            header.stamp.sec, header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
-            cam = CameraInfo(header=header, width=WIDTH, height=HEIGHT, distortion_model="plumb_bob")
-            cam.k, cam.d = [float(v) for v in K.reshape(-1)], [0.0] * 5
+            header = header_at(k, int(period * 1e9))
+            cam = camera_info_msg(header)
             dets = [conv.Detection(name, 0.9, box) for name, box in boxes]
             image = conv.rgb_to_image(rgb, header, "bgr8")
             with lock:
@@ -201,7 +152,7 @@ def main(argv=None) -> int:
     print(f"node_load: model={model.name} rate={args.rate:g} Hz x {args.detections} detections, "
           f"{args.duration:g} s measured after {args.warmup:g} s warm-up, busy process beside: {not args.no_busy}, "
           f"node args: {args.node_arg or 'defaults'}")
-    print(f"| figure | value | target |\n|---|---:|---|")
+    print("| figure | value | target |\n|---|---:|---|")
     print(f"| input rate | {in_rate:.2f} Hz | |")
     print(f"| output rate | {out_rate:.2f} Hz | >= 29 Hz |")
     print(f"| frames not answered | {len(keys) - len(got)} of {len(keys)} ({100 * (1 - len(got) / max(len(keys), 1)):.1f}%) | |")
