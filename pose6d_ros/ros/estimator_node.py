@@ -1,19 +1,24 @@
 """The pose estimator node: Image + CameraInfo + Detection2DArray -> /object_poses, ~/detections, /tf.
 
-Images and detection arrays pair by exact stamp through a bounded cache. Anything wrong with one
-message or one detection is skipped with a throttled warning; the node itself never dies on input
-and never publishes a non-finite number. A missing or mismatched model stops it at start-up with
-a clear error and a non-zero exit.
+Images and detection arrays pair by stamp (exact, or nearest within a tolerance) through caches
+bounded by count and bytes (``ros.pairing``). Anything wrong with one message or one detection is
+skipped with a throttled warning and counted; the node itself never dies on input and never publishes
+a non-finite number. When it publishes nothing it says why: every ``diagnostics_period_s`` it
+publishes ``diagnostic_msgs/DiagnosticArray`` on ``/diagnostics`` (``ros.diagnostics``) and warns
+about inputs without a partner, the stamp offset it sees, and dropped or skipped frames. A missing or
+mismatched model stops it at start-up with one line and exit code 2.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from collections import OrderedDict
-from typing import Dict, List, Optional, Tuple
+from collections import Counter
+from typing import Dict, List, Optional
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
@@ -24,13 +29,19 @@ from vision_msgs.msg import Detection2DArray, Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
 from pose6d_ros.geometry.camera import CameraModel
-from pose6d_ros.ros import conversions as conv
-from pose6d_ros.ros.spin import spin_node
-from pose6d_ros.ros.params import ESTIMATOR_PARAMS, EstimatorParams, ParameterError, validate
 from pose6d_ros.registry import ObjectRegistry
+from pose6d_ros.ros import conversions as conv
+from pose6d_ros.ros.diagnostics import (FRAME_SKIP_REASONS, INPUTS, NODE_DETECTION_REASONS, Counters, build_report,
+                                        report_snapshot, to_message)
+from pose6d_ros.ros.pairing import FramePairer, Pair, stamp_ns
+from pose6d_ros.ros.params import ESTIMATOR_PARAMS, EstimatorParams, ParameterError, validate
+from pose6d_ros.ros.spin import spin_node
 from pose6d_ros.runtime.backends import set_thread_counts
 from pose6d_ros.runtime.estimator import SKIP_REASONS, Estimator
 from pose6d_ros.runtime.visualize import draw_boxes
+
+#: Bytes a waiting detection array is counted for: its header plus about one Detection2D per entry.
+_DETECTION_BYTES = 256
 
 
 class ThrottledWarnings:
@@ -67,32 +78,42 @@ class EstimatorNode(Node):
                                    min_score=p.min_score, intra_op_threads=p.num_threads)
         self.warnings = ThrottledWarnings(self.get_logger(), p.warn_throttle_s)
         self.camera: Optional[CameraModel] = None
-        self._images: "OrderedDict[Tuple[int, int], Image]" = OrderedDict()
-        self._detections: "OrderedDict[Tuple[int, int], Detection2DArray]" = OrderedDict()
-        self.frames_processed = 0
+        self.counters = Counters()
+        self.pairer = FramePairer(p.sync, round(p.sync_tolerance_s * 1e9), p.cache_size, int(p.cache_max_mb * 2**20))
+        self._detection_reasons = [*SKIP_REASONS, *NODE_DETECTION_REASONS]
 
         reliability = ReliabilityPolicy.RELIABLE if p.qos_reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
         sub_qos = QoSProfile(depth=p.qos_depth, reliability=reliability)
-        self.create_subscription(Image, p.image_topic, self._guard(self._on_image), sub_qos)
-        self.create_subscription(CameraInfo, p.camera_info_topic, self._guard(self._on_camera_info), sub_qos)
-        self.create_subscription(Detection2DArray, p.detections_topic, self._guard(self._on_detections), sub_qos)
+        subs = {
+            "image": self.create_subscription(Image, p.image_topic, self._guard(self._on_image), sub_qos),
+            "camera_info": self.create_subscription(CameraInfo, p.camera_info_topic,
+                                                    self._guard(self._on_camera_info), sub_qos),
+            "detections": self.create_subscription(Detection2DArray, p.detections_topic,
+                                                   self._guard(self._on_detections), sub_qos),
+        }
+        self.topics = {k: subs[k].topic_name for k in INPUTS}  # after remapping
         self.pub_poses = self.create_publisher(PoseArray, p.poses_topic, p.qos_depth)
         self.pub_detections = self.create_publisher(Detection3DArray, "~/detections", p.qos_depth)
         self.pub_tf = self.create_publisher(TFMessage, "/tf", 100) if p.publish_tf else None
         self.pub_debug = self.create_publisher(Image, "~/debug_image", p.qos_depth) if p.publish_debug_image else None
         self.pub_markers = self.create_publisher(MarkerArray, "~/markers", p.qos_depth) if p.publish_markers else None
+        self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.hardware_id = f"{p.device}:{os.path.basename(p.model)}"
+        self._report_from = (time.monotonic(), report_snapshot(self.counters, self.pairer))
+        self.create_timer(p.diagnostics_period_s, self._guard(self._report))
         self.get_logger().info(
             f"pose estimator ready: model={p.model} backend={type(self.estimator.predictor).__name__} device={p.device} "
-            f"objects={list(self.registry.names)}; listening on {p.image_topic}, "
-            f"{p.camera_info_topic}, {p.detections_topic}")
+            f"objects={list(self.registry.names)}; listening on {self.topics['image']}, "
+            f"{self.topics['camera_info']}, {self.topics['detections']} ({p.sync} stamps); publishing "
+            f"{self.pub_poses.topic_name}, {self.pub_detections.topic_name}, {self.pub_diagnostics.topic_name}")
 
     # -- callbacks ---------------------------------------------------------------------------
     def _guard(self, callback):
         """Wrap a callback so that no exception, whatever its cause, escapes into the executor."""
 
-        def guarded(msg):
+        def guarded(*args):
             try:
-                callback(msg)
+                callback(*args)
             except conv.MessageError as e:
                 self.warnings.warn("bad_message", str(e))
             except Exception as e:  # noqa: BLE001 - the node must survive any input
@@ -101,48 +122,75 @@ class EstimatorNode(Node):
         return guarded
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
+        self.counters.received["camera_info"] += 1
         try:
             self.camera = conv.camera_info_to_model(msg)
         except conv.MessageError as e:
+            self.counters.camera_info_rejected += 1
             self.warnings.warn("invalid_camera_info", f"{e}; keeping the previous camera model")
 
     def _on_image(self, msg: Image) -> None:
-        key = conv.stamp_key(msg.header.stamp)
-        if key in self._detections:
-            self._process(msg, self._detections.pop(key))
-        else:
-            self._remember(self._images, key, msg)
+        self.counters.received["image"] += 1
+        pair = self.pairer.add_image(msg, stamp_ns(msg.header.stamp), len(msg.data), time.monotonic())
+        if pair is not None:
+            self._process(pair)
 
     def _on_detections(self, msg: Detection2DArray) -> None:
-        key = conv.stamp_key(msg.header.stamp)
-        if key in self._images:
-            self._process(self._images.pop(key), msg)
-        else:
-            self._remember(self._detections, key, msg)
+        self.counters.received["detections"] += 1
+        nbytes = _DETECTION_BYTES * (1 + len(msg.detections))
+        pair = self.pairer.add_detections(msg, stamp_ns(msg.header.stamp), nbytes, time.monotonic())
+        if pair is not None:
+            self._process(pair)
 
-    def _remember(self, cache: OrderedDict, key, msg) -> None:
-        cache[key] = msg
-        while len(cache) > self.params.cache_size:
-            cache.popitem(last=False)
+    def _report(self) -> None:
+        """Publish /diagnostics and warn about what keeps frames from being published."""
+        now = time.monotonic()
+        since, previous = self._report_from
+        report = build_report(self.get_name(), self.topics, self.counters, previous, now - since, self.pairer, now,
+                              self.camera is not None, 0, self._detection_reasons,
+                              self.params.sync_tolerance_s, self.pairer.max_bytes)
+        self._report_from = (now, report_snapshot(self.counters, self.pairer))
+        self.pub_diagnostics.publish(to_message(report, self.get_clock().now().to_msg(), self.hardware_id))
+        for kind, text in report.warnings:
+            self.warnings.warn(kind, text)
 
     # -- one frame -----------------------------------------------------------------------------
-    def _process(self, image_msg: Image, det_msg: Detection2DArray) -> None:
-        if self.camera is None:
+    def _process(self, pair: Pair) -> None:
+        start = time.monotonic()
+        try:
+            reason = self._frame(pair)
+        except Exception as e:  # noqa: BLE001 - the node must survive any input
+            reason = "internal_error"
+            self.warnings.warn("internal_error", f"{type(e).__name__}: {e}; frame skipped")
+        end = time.monotonic()
+        self.counters.busy_s += end - start
+        if reason:
+            self.counters.frames_skipped[reason] += 1
+        else:
+            self.counters.frames_processed += 1
+            self.counters.latencies.append(end - pair.ready)
+
+    def _frame(self, pair: Pair) -> Optional[str]:
+        """Estimate and publish one frame; returns the reason it was skipped (``FRAME_SKIP_REASONS``), or None."""
+        image_msg, det_msg = pair.image, pair.detections
+        camera = self.camera
+        if camera is None:
             self.warnings.warn("no_camera_info", "no valid camera_info received yet; frame skipped")
-            return
-        if (image_msg.width, image_msg.height) != (self.camera.width, self.camera.height):
+            return "no_camera_info"
+        if (image_msg.width, image_msg.height) != (camera.width, camera.height):
             self.warnings.warn("camera_info_mismatch",
                                f"image is {image_msg.width}x{image_msg.height} but camera_info says "
-                               f"{self.camera.width}x{self.camera.height}; frame skipped")
-            return
-        rgb = conv.image_to_rgb(image_msg)
-        detections: List[conv.Detection] = []
-        for i, det in enumerate(det_msg.detections):
-            try:
-                detections.append(conv.detection_from_msg(det, i))
-            except conv.MessageError as e:
-                self.warnings.warn("bad_detection", str(e))
-        estimates = self.estimator.estimate(rgb, self.camera, [(d.class_id, d.box, d.score) for d in detections])
+                               f"{camera.width}x{camera.height}; frame skipped")
+            return "camera_info_mismatch"
+        try:
+            rgb = conv.image_to_rgb(image_msg)
+        except conv.MessageError as e:
+            self.warnings.warn("bad_image", f"{e}; frame skipped")
+            return "bad_image"
+        detections = self._detections(det_msg)
+        estimates = self.estimator.estimate(rgb, camera, [(d.class_id, d.box, d.score) for d in detections])
+        skipped = Counter(est.reason for est in estimates if not est.ok)
+        self.counters.detections_skipped.update(skipped)
         for est in estimates:
             if not est.ok and est.reason != "low_score":
                 self.warnings.warn(est.reason, f"detection {est.detection_index} (class '{est.class_id}') skipped: "
@@ -156,6 +204,7 @@ class EstimatorNode(Node):
             if not est.ok:
                 continue
             if not (np.all(np.isfinite(est.R)) and np.all(np.isfinite(est.t)) and np.isfinite(est.score)):
+                self.counters.detections_skipped["non_finite_pose"] += 1
                 self.warnings.warn("non_finite_pose", f"{est.object_name}: non-finite pose dropped")
                 continue
             k = per_class.get(est.object_name, 0)
@@ -171,8 +220,36 @@ class EstimatorNode(Node):
         if self.pub_markers is not None:
             self.pub_markers.publish(conv.marker_array_msg(header, items))
         if self.pub_debug is not None:
-            self.pub_debug.publish(conv.rgb_to_image(draw_boxes(rgb, self.camera, estimates, self.registry), header))
-        self.frames_processed += 1
+            self.pub_debug.publish(conv.rgb_to_image(draw_boxes(rgb, camera, estimates, self.registry), header))
+        self.counters.detections_estimated += len(items)
+        return None
+
+    def _detections(self, det_msg: Detection2DArray) -> List[conv.Detection]:
+        """The array's detections in core form: at most ``max_detections`` (the highest scores, in
+        their order in the array); malformed ones are skipped and counted."""
+        entries = det_msg.detections
+        cap = self.params.max_detections
+        if len(entries) > cap:
+            # Best hypothesis score per detection; NaN or no hypothesis ranks last.
+            scores = np.array([max((r.hypothesis.score for r in d.results), default=-np.inf) for d in entries],
+                              dtype=np.float64)
+            scores[~np.isfinite(scores)] = -np.inf
+            keep = np.sort(np.argsort(-scores, kind="stable")[:cap])
+            extra = len(entries) - cap
+            self.counters.detections_skipped["too_many_detections"] += extra
+            self.warnings.warn("too_many_detections", f"{len(entries)} detections in one array; the {extra} "
+                                                      f"lowest-scoring beyond max_detections = {cap} skipped")
+            indexed = [(int(i), entries[int(i)]) for i in keep]
+        else:
+            indexed = list(enumerate(entries))
+        detections: List[conv.Detection] = []
+        for i, det in indexed:
+            try:
+                detections.append(conv.detection_from_msg(det, i))
+            except conv.MessageError as e:
+                self.counters.detections_skipped["bad_detection"] += 1
+                self.warnings.warn("bad_detection", str(e))
+        return detections
 
 
 def main(args=None) -> int:

@@ -37,8 +37,18 @@ ESTIMATOR_PARAMS: Dict[str, ParamSpec] = {
     "publish_markers": ParamSpec(False, "Publish ~/markers (visualization_msgs/MarkerArray) for RViz"),
     "qos_depth": ParamSpec(5, "History depth of every subscription and publisher", range=(1, 1000)),
     "qos_reliability": ParamSpec("reliable", "Subscriptions' reliability", choices=("reliable", "best_effort")),
-    "cache_size": ParamSpec(30, "Images and detection arrays kept while waiting for their partner stamp",
+    "cache_size": ParamSpec(30, "Images and detection arrays kept (each) while waiting for their partner stamp",
                             range=(1, 10000)),
+    "cache_max_mb": ParamSpec(256.0, "MiB that waiting images and detection arrays may hold together; the oldest "
+                              "waiting message is dropped first", range=(0.01, 65536.0)),
+    "sync": ParamSpec("exact", "Pairing of images with detection arrays: exact stamps, or the nearest within "
+                      "sync_tolerance_s (for detectors that restamp)", choices=("exact", "approximate")),
+    "sync_tolerance_s": ParamSpec(0.01, "Largest stamp difference the approximate pairing accepts, seconds",
+                                  range=(0.0, 10.0)),
+    "max_detections": ParamSpec(50, "Detections estimated per frame at most; the lowest scores beyond are skipped",
+                                range=(1, 10000)),
+    "diagnostics_period_s": ParamSpec(1.0, "Seconds between two diagnostic_msgs/DiagnosticArray on /diagnostics "
+                                      "(and between two checks for silent or unpaired inputs)", range=(0.1, 60.0)),
     "warn_throttle_s": ParamSpec(5.0, "Minimum seconds between two warnings of the same kind", range=(0.0, 3600.0)),
 }
 
@@ -62,6 +72,11 @@ class EstimatorParams:
     qos_depth: int
     qos_reliability: str
     cache_size: int
+    cache_max_mb: float
+    sync: str
+    sync_tolerance_s: float
+    max_detections: int
+    diagnostics_period_s: float
     warn_throttle_s: float
 
 

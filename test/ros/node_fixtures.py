@@ -169,3 +169,40 @@ def node_params(model, **extra):
 
     values = {"model": str(model), "objects": str(REGISTRY_YAML), **extra}
     return [Parameter(k, value=v) for k, v in values.items()]
+
+
+class InProcessNode:
+    """An ``EstimatorNode`` built in this process and spun by ``spinner`` (faster to start than a
+    process; the graph, the messages and the node code are the same), with collectors (``Collector``:
+    the conftest fixture ``collector``) of its outputs and its log lines (``/rosout``)."""
+
+    def __init__(self, ros_context, spinner, Collector, model, **params):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PoseArray
+        from rcl_interfaces.msg import Log
+        from rclpy.node import Node
+        from rclpy.qos import QoSProfile
+        from vision_msgs.msg import Detection3DArray
+
+        from pose6d_ros.ros.estimator_node import EstimatorNode
+
+        self.test_node = spinner.add(Node("test_driver", context=ros_context))
+        self.poses = Collector(self.test_node, PoseArray, "/object_poses")
+        self.det3d = Collector(self.test_node, Detection3DArray, "/pose6d_estimator/detections")
+        self.diagnostics = Collector(self.test_node, DiagnosticArray, "/diagnostics")
+        self.rosout = Collector(self.test_node, Log, "/rosout", QoSProfile(depth=1000))
+        self.pub_img, self.pub_info, self.pub_det = input_publishers(self.test_node, *params.pop("input_topics", ()))
+        self.node = spinner.add(EstimatorNode(context=ros_context, parameter_overrides=node_params(model, **params)))
+        assert wait_subscribed(self.pub_img) and wait_subscribed(self.pub_det) and wait_subscribed(self.pub_info)
+
+    def warnings(self) -> List[str]:
+        """The node's warning texts so far."""
+        return [m.msg for m in self.rosout.messages if m.name == self.node.get_name() and m.level >= 30]
+
+    def statuses(self, suffix: str) -> list:
+        """Every ``DiagnosticStatus`` received so far whose name ends with ``suffix``."""
+        return [s for m in self.diagnostics.messages for s in m.status if s.name.endswith(suffix)]
+
+    @staticmethod
+    def values(status) -> dict:
+        return {kv.key: kv.value for kv in status.values}
