@@ -30,6 +30,7 @@ setup(
             "detector_node = pose6d_ros.ros.detector_node:main",
             "train_selfsup = pose6d_ros.training.selfsup:main",
             "train_supervised = pose6d_ros.training.supervised:main",
+            "distill = pose6d_ros.training.distill:main",
             "train_detector = pose6d_ros.detection.train:main",
             "evaluate = pose6d_ros.evaluation.evaluate:main",
             "export_onnx = pose6d_ros.runtime.onnx_export:main",
