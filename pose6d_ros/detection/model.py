@@ -109,22 +109,17 @@ def build_from_spec(spec: DetectorSpec, backbone_weights: Optional[str | os.Path
 
 def save_detector(path: str | os.PathLike, model: torch.nn.Module, spec: DetectorSpec, *, step: int = 0,
                   optimizer: Optional[torch.optim.Optimizer] = None, extra: Optional[Dict[str, Any]] = None) -> Path:
-    """Write model + spec (+ optimizer, step, RNG) atomically: ``<path>.tmp`` then ``os.replace``."""
+    """Write model + spec (+ optimizer, step, RNG) atomically (``_io.atomic_torch_save``).
+
+    Only tensors and plain data, so :func:`load_detector` reads it with ``weights_only=True``."""
+    from pose6d_ros._io import atomic_torch_save
     from pose6d_ros.training.checkpoint import rng_state
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state: Dict[str, Any] = {"format": _FORMAT, "spec": asdict(spec), "model": model.state_dict(),
                              "step": int(step), "rng": rng_state(), "extra": dict(extra or {})}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(path, state)
 
 
 def load_detector(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -139,18 +134,25 @@ def load_detector(path: str | os.PathLike, device: str | torch.device = "cpu",
         ``(model in eval mode on device, spec, raw state)``; the raw state holds ``step``,
         ``optimizer`` and ``rng`` for resuming.
     """
+    from pose6d_ros._io import safe_torch_load
+
     path = Path(path)
     if not path.is_file():
         raise DetectorCheckpointError(f"detector checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - torch raises many types on a corrupt file
-        raise DetectorCheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    try:  # weights_only: a crafted file is refused, never run
+        state = safe_torch_load(path, "detector checkpoint")
+    except RuntimeError as e:
+        raise DetectorCheckpointError(str(e)) from e
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise DetectorCheckpointError(f"{path}: not a pose6d_ros detector checkpoint (format != {_FORMAT})")
-    raw = dict(state["spec"])
-    raw["object_ids"], raw["object_names"] = tuple(raw["object_ids"]), tuple(raw["object_names"])
-    spec = DetectorSpec(**raw)
+    try:
+        raw = dict(state["spec"])
+        raw["object_ids"], raw["object_names"] = tuple(raw["object_ids"]), tuple(raw["object_names"])
+        spec = DetectorSpec(**raw)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DetectorCheckpointError(f"{path}: bad 'spec' entry ({type(e).__name__}: {e})") from e
+    if "model" not in state:
+        raise DetectorCheckpointError(f"{path}: no 'model' entry")
     if expect_names is not None:
         extra = sorted(set(spec.object_names) - set(expect_names))
         if extra:
@@ -160,6 +162,8 @@ def load_detector(path: str | os.PathLike, device: str | torch.device = "cpu",
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise DetectorCheckpointError(f"{path}: weights do not fit {spec.arch} with {spec.num_classes} classes: {e}") from e
+        first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), "")[:300]
+        raise DetectorCheckpointError(f"{path}: weights do not fit {spec.arch} with {spec.num_classes} classes "
+                                      f"({first})") from e
     model.to(device).eval()
     return model, spec, state

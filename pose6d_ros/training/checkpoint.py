@@ -2,6 +2,11 @@
 
 A checkpoint is written to a temporary file and moved over ``<path>`` with ``os.replace`` (atomic on
 POSIX), so a run killed mid-write leaves the previous checkpoint intact.
+
+Checkpoints hold only tensors and plain data (dicts, lists, tuples, numbers, strings), so they load
+with ``torch.load(weights_only=True)``: a crafted file cannot run code (a full unpickler would call
+whatever ``__reduce__`` names). The RNG states are stored in that form: numpy's MT19937 state as its
+components with the key as a tensor, Python's as its tuple of ints.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-from pose6d_ros._io import atomic_torch_save
+from pose6d_ros._io import atomic_torch_save, safe_torch_load
 
 __all__ = ["rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint", "unwrap"]
 
@@ -24,9 +29,12 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def rng_state() -> Dict[str, Any]:
+    """Python, numpy, torch (and CUDA) RNG states as tensors and plain data (``weights_only``-safe)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": random.getstate(),  # (version, tuple of 625 ints, None or float)
+        "numpy": {"kind": str(kind), "key": torch.from_numpy(np.asarray(key, np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -35,8 +43,12 @@ def rng_state() -> Dict[str, Any]:
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore what :func:`rng_state` returned."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((int(version), tuple(int(v) for v in internal), gauss_next))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["key"].numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]),
+                         float(n["gauss"])))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -83,15 +95,14 @@ def load_checkpoint(
 ) -> Dict[str, Any]:
     """Load what :func:`save_checkpoint` wrote into the given objects; returns the raw state."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # corrupt or truncated file
-        raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
-    if "model" not in state:
+    state = safe_torch_load(path, "checkpoint", map_location)
+    if not isinstance(state, dict) or "model" not in state:
         raise RuntimeError(f"{path}: not a training checkpoint (no 'model' entry)")
-    unwrap(model).load_state_dict(state["model"], strict=strict)
+    try:
+        unwrap(model).load_state_dict(state["model"], strict=strict)
+    except RuntimeError as e:  # its message is many lines: one line naming the file instead
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise RuntimeError(f"{path}: the weights do not fit this run's model ({' '.join(lines[1:2] or lines[:1])[:300]})") from e
     if optimizer is not None and "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and "scheduler" in state:

@@ -13,11 +13,13 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
 
 import yaml
 
-__all__ = ["DEFAULTS", "load_config", "merge", "apply_overrides", "get", "add_common_args", "config_from_args"]
+__all__ = ["DEFAULTS", "load_config", "merge", "apply_overrides", "get", "require", "add_common_args",
+           "config_from_args", "apply_threads"]
 
 DEFAULTS: Dict[str, Any] = {
     "seed": 0,
-    "output_dir": "runs/default",
+    "output_dir": None,  # required: the recipe, --set output_dir=... or --output-dir
+    "threads": None,  # torch CPU threads (intra-op); None = torch's default (OMP_NUM_THREADS if set, else all cores)
     "device": "auto",  # auto | cpu | cuda
     "amp": True,  # used on CUDA only
     "data": {
@@ -141,8 +143,15 @@ def load_config(path: Optional[str | Path], overrides: Sequence[str] = ()) -> Di
 def _read_yaml(path: Path) -> Dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:  # its message is several lines; one line naming the file and the place
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ValueError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', None) or e}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a text file ({e.reason})") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config must be a YAML mapping")
     base = data.pop("_base_", None)
@@ -161,6 +170,29 @@ def get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
     return node
 
 
+def require(cfg: Mapping[str, Any], key: str, hint: str = "") -> Any:
+    """``get(cfg, key)``, or ``ValueError`` naming the key when it is missing or null."""
+    value = get(cfg, key)
+    if value is None or value == "":
+        raise ValueError(f"config: '{key}' is not set: give it in the recipe or with --set {key}=...{hint}")
+    return value
+
+
+def apply_threads(cfg: Mapping[str, Any]) -> Optional[int]:
+    """Set torch's CPU thread count from ``threads`` (None: leave torch's default, which follows
+    ``OMP_NUM_THREADS`` when it is set). Several trainings sharing a few cores run faster each with
+    fewer threads than cores: torch's pool spins on small ops."""
+    import torch
+
+    n = get(cfg, "threads")
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"config: 'threads' must be a positive integer or null, got {n!r}")
+    torch.set_num_threads(n)
+    return n
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments every entry script shares."""
     parser.add_argument("--config", "-c", default=None, help="YAML recipe (see training/*.yaml)")
@@ -168,6 +200,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="override a config key, e.g. --set optim.lr=1e-5 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from output_dir/last.pt if present")
     parser.add_argument("--output-dir", default=None, help="overrides output_dir")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (overrides the recipe's 'threads'; default: torch's, which "
+                             "follows OMP_NUM_THREADS)")
     return parser
 
 
@@ -175,4 +210,6 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     cfg = load_config(args.config, args.overrides)
     if args.output_dir is not None:
         cfg["output_dir"] = args.output_dir
+    if getattr(args, "threads", None) is not None:
+        cfg["threads"] = args.threads
     return cfg

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pose6d_ros.training.build import RunObjects, SyntheticSource
-from pose6d_ros.training.config import get, merge
+from pose6d_ros.training.config import get, merge, require
 from pose6d_ros.training.perceptual import build_perceptual
 from pose6d_ros.training.runner import Run, cli_main
 from pose6d_ros.training.selfsup_step import SelfSupSettings, SelfSupStep
@@ -82,7 +82,7 @@ def pretrain_synthetic(cfg: Dict[str, Any], resume: bool = False) -> Dict[str, A
     steps = int(get(cfg, "init.synthetic.steps", 0) or 0)
     if get(cfg, "init.checkpoint") or steps <= 0:
         return cfg
-    out = Path(get(cfg, "output_dir")) / "synthetic"
+    out = Path(require(cfg, "output_dir", " or --output-dir")) / "synthetic"
     pcfg = merge(cfg, {
         "output_dir": str(out), "supervised": {"source": "synthetic"},
         "optim": {"max_steps": steps, "lr": float(get(cfg, "init.synthetic.lr", 1e-3)),
@@ -145,10 +145,10 @@ def _adapt_bn(run: Run, real, epochs: int, batch: int, seed: int) -> None:
     log.info("BatchNorm statistics re-estimated on %d unlabeled target crops (%d epochs)", n, epochs)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:
-    """Console script ``train_selfsup``."""
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console script ``train_selfsup``: exit code 0, or 2 with one line on bad input."""
     return cli_main("train_selfsup", __doc__.split("\n")[0], train, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -95,3 +95,35 @@ def test_checkpoint_errors_name_the_file(tmp_path):
     torch.save({"model": {}}, other)
     with pytest.raises(DetectorCheckpointError, match="not a pose6d_ros detector checkpoint"):
         load_detector(other)
+
+
+def test_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path):
+    """The detector node's ``model`` file is loaded with ``weights_only``: a pickle whose
+    ``__reduce__`` would run a command is refused with one line naming the file."""
+    import os
+    import shlex
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {shlex.quote(str(marker))}",)
+
+    path = tmp_path / "det.pt"
+    torch.save({"format": "pose6d_ros.detector/1", "spec": {"object_ids": [1]}, "model": Payload()}, path)
+    with pytest.raises(DetectorCheckpointError, match="refused") as info:
+        load_detector(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert not marker.exists()
+
+
+def test_checkpoint_mode_follows_the_umask(tmp_path):
+    import os
+
+    spec = DetectorSpec(object_ids=(1,), object_names=("duck",), min_size=96, max_size=128, box_head_dim=64)
+    old = os.umask(0o022)
+    try:
+        path = save_detector(tmp_path / "det.pt", build_from_spec(spec), spec)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
