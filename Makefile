@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 OVERLAY := .overlay
 ENV := source tools/env.sh &&
 PYTEST_ARGS ?=
+# pytorch3d's source (no wheel on the package index fits our torch): built once, the wheel cached in ~/.cache.
+PYTORCH3D_SRC ?= ../shared/vendor/pytorch3d-0.7.9-src.tar.gz
 
-.PHONY: setup test demo bench colcon clean
+.PHONY: setup test demo bench colcon clean pytorch3d
 
 setup: $(VENV)/.deps-stamp $(OVERLAY)/.stamp
 
@@ -29,6 +31,10 @@ $(VENV)/.deps-stamp: requirements.txt requirements-dev.txt setup.py .apt-stamp |
 $(OVERLAY)/.stamp: $(VENV)/.deps-stamp tools/build_overlay.sh $(wildcard tools/ros_interfaces/*/msg/*.msg)
 	tools/build_overlay.sh $(VENV) $(OVERLAY)
 	@touch $@
+
+# Optional rendering backend: build pytorch3d into a cached wheel (first time ~12+ min on 2 cores) and install it.
+pytorch3d: $(VENV)/.deps-stamp
+	MAX_JOBS=$${MAX_JOBS:-2} tools/build_pytorch3d.sh $(VENV) $(PYTORCH3D_SRC)
 
 test: setup
 	$(ENV) python -m pytest -q $(PYTEST_ARGS)
