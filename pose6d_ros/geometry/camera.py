@@ -116,6 +116,40 @@ class CameraModel:
         return torch.as_tensor(self.D_numpy(), dtype=dtype, device=device)
 
 
+#: Field of view (degrees) along each image axis that a plausible camera has.
+PLAUSIBLE_FOV_DEG = (1.0, 179.0)
+
+
+def check_plausible(camera: CameraModel, fov_deg: Tuple[float, float] = PLAUSIBLE_FOV_DEG,
+                    principal_margin: float = 0.5) -> None:
+    """Raise ``ValueError`` naming the field when ``camera.K`` cannot describe a real camera of its size.
+
+    A CameraInfo may be valid (finite, positive focal lengths) yet absurd: ``fx = fy = 1e12`` on a 640-px
+    image puts a detected object 7e8 m away. Plausible means:
+
+    - the field of view ``2 atan(W / (2 fx))`` (and ``2 atan(H / (2 fy))``) lies within ``fov_deg``;
+    - the principal point lies within the image widened by ``principal_margin`` of its size on each
+      side (an off-centre crop of a sensor may put it past the edge; far outside is a wrong K).
+
+    Args:
+        camera: the camera to check.
+        fov_deg: ``(min, max)`` field of view in degrees along each axis.
+        principal_margin: how far outside the image, as a fraction of its width/height, ``(cx, cy)``
+            may lie.
+    """
+    K = np.asarray(camera.K.detach().cpu() if isinstance(camera.K, torch.Tensor) else camera.K, dtype=np.float64)
+    lo, hi = fov_deg
+    for axis, f, size, extent in (("fx", K[0, 0], camera.width, "width"), ("fy", K[1, 1], camera.height, "height")):
+        fov = float(np.degrees(2.0 * np.arctan(size / (2.0 * f))))
+        if not lo <= fov <= hi:
+            raise ValueError(f"CameraInfo.k: {axis} = {f:g} gives a field of view of {fov:.4g} deg over the "
+                             f"{size}-px {extent}; plausible is {lo:g} to {hi:g} deg")
+    for axis, c, size in (("cx", K[0, 2], camera.width), ("cy", K[1, 2], camera.height)):
+        if not -principal_margin * size <= c <= (1.0 + principal_margin) * size:
+            raise ValueError(f"CameraInfo.k: principal point {axis} = {c:g} is far outside the {size}-px image "
+                             f"(plausible: {-principal_margin * size:g} to {(1.0 + principal_margin) * size:g})")
+
+
 def _pad_distortion(D: torch.Tensor) -> torch.Tensor:
     """``(B, M)`` with ``M in {0, 4, 5, 8}`` -> ``(B, 8)`` (k1, k2, p1, p2, k3, k4, k5, k6)."""
     M = D.shape[-1]

@@ -144,8 +144,10 @@ def build_report(node_name: str, topics: Dict[str, str], counters: Counters, pre
     problems = []
     images_unpaired = stale_images or dropped_now[0]
     dets_unpaired = stale_dets or dropped_now[1]
-    how = "stamps must be equal (sync: exact; sync:=approximate pairs restamped detections)" if pairer.mode == "exact" else \
-        f"stamps must be within sync_tolerance_s = {sync_tolerance_s:g} s (sync: approximate)"
+    if pairer.mode == "exact":
+        how = "stamps must be equal (sync: exact; sync:=approximate pairs restamped detections)"
+    else:
+        how = f"stamps must be within sync_tolerance_s = {sync_tolerance_s:g} s (sync: approximate)"
     if images_unpaired and counters.received["detections"] == 0:
         problems.append(f"images on {topics['image']} wait for detection arrays, but none was ever received "
                         f"on {topics['detections']}")

@@ -28,7 +28,7 @@ from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection2DArray, Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
-from pose6d_ros.geometry.camera import CameraModel
+from pose6d_ros.geometry.camera import CameraModel, check_plausible
 from pose6d_ros.registry import ObjectRegistry
 from pose6d_ros.ros import conversions as conv
 from pose6d_ros.ros.diagnostics import (FRAME_SKIP_REASONS, INPUTS, NODE_DETECTION_REASONS, Counters, build_report,
@@ -75,7 +75,8 @@ class EstimatorNode(Node):
         self.registry = ObjectRegistry.from_yaml(p.objects)
         set_thread_counts(p.num_threads)
         self.estimator = Estimator(p.model, self.registry, backend=p.backend, device=p.device,
-                                   min_score=p.min_score, intra_op_threads=p.num_threads)
+                                   min_score=p.min_score, intra_op_threads=p.num_threads,
+                                   min_box_px=p.min_box_px, depth_range=(p.min_depth_m, p.max_depth_m))
         self.warnings = ThrottledWarnings(self.get_logger(), p.warn_throttle_s)
         self.camera: Optional[CameraModel] = None
         self.counters = Counters()
@@ -102,8 +103,8 @@ class EstimatorNode(Node):
         self._report_from = (time.monotonic(), report_snapshot(self.counters, self.pairer))
         self.create_timer(p.diagnostics_period_s, self._guard(self._report))
         self.get_logger().info(
-            f"pose estimator ready: model={p.model} backend={type(self.estimator.predictor).__name__} device={p.device} "
-            f"objects={list(self.registry.names)}; listening on {self.topics['image']}, "
+            f"pose estimator ready: model={p.model} backend={type(self.estimator.predictor).__name__} "
+            f"device={p.device} objects={list(self.registry.names)}; listening on {self.topics['image']}, "
             f"{self.topics['camera_info']}, {self.topics['detections']} ({p.sync} stamps); publishing "
             f"{self.pub_poses.topic_name}, {self.pub_detections.topic_name}, {self.pub_diagnostics.topic_name}")
 
@@ -124,8 +125,10 @@ class EstimatorNode(Node):
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self.counters.received["camera_info"] += 1
         try:
-            self.camera = conv.camera_info_to_model(msg)
-        except conv.MessageError as e:
+            camera = conv.camera_info_to_model(msg)
+            check_plausible(camera)
+            self.camera = camera
+        except ValueError as e:  # MessageError, or an implausible K
             self.counters.camera_info_rejected += 1
             self.warnings.warn("invalid_camera_info", f"{e}; keeping the previous camera model")
 

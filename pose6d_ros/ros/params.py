@@ -27,6 +27,10 @@ ESTIMATOR_PARAMS: Dict[str, ParamSpec] = {
     "poses_topic": ParamSpec("/object_poses", "geometry_msgs/PoseArray output"),
     "camera_frame": ParamSpec("", "Parent frame of published poses; empty: the image's header.frame_id"),
     "min_score": ParamSpec(0.3, "Detections scoring below this are ignored", range=(0.0, 1.0)),
+    "min_box_px": ParamSpec(8.0, "Detections whose box's longer side is shorter (pixels) are skipped: too few "
+                            "pixels for a pose", range=(0.0, 10000.0)),
+    "min_depth_m": ParamSpec(0.05, "Poses nearer than this (t_z, metres) are not published", range=(0.0, 1e6)),
+    "max_depth_m": ParamSpec(20.0, "Poses farther than this (t_z, metres) are not published", range=(0.0, 1e6)),
     "device": ParamSpec("cpu", "Inference device", choices=("cpu", "cuda")),
     "backend": ParamSpec("auto", "auto: ONNX Runtime for .onnx models, torch for .pt",
                          choices=("auto", "torch", "onnxruntime")),
@@ -63,6 +67,9 @@ class EstimatorParams:
     poses_topic: str
     camera_frame: str
     min_score: float
+    min_box_px: float
+    min_depth_m: float
+    max_depth_m: float
     device: str
     backend: str
     num_threads: int
@@ -116,4 +123,8 @@ def validate_schema(schema: Dict[str, ParamSpec], values: Dict[str, Any], record
 
 def validate(values: Dict[str, Any]) -> EstimatorParams:
     """The estimator node's parameters (`ESTIMATOR_PARAMS`) as a typed record."""
-    return validate_schema(ESTIMATOR_PARAMS, values, EstimatorParams)
+    params = validate_schema(ESTIMATOR_PARAMS, values, EstimatorParams)
+    if params.min_depth_m >= params.max_depth_m:
+        raise ParameterError(f"parameter 'max_depth_m': {params.max_depth_m} must be greater than "
+                             f"min_depth_m = {params.min_depth_m}")
+    return params

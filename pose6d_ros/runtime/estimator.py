@@ -30,9 +30,11 @@ SKIP_REASONS = {
     "not_in_model": "the object is in the registry but the model was not trained on it",
     "low_score": "score below min_score",
     "empty_box": "x1 <= x0 or y1 <= y0",
+    "small_box": "the box's longer side is below min_box_px",
     "outside_image": "the box does not overlap the image",
     "non_finite_keypoints": "the network returned NaN or infinite keypoints",
     "pnp_failed": "PnP failed (degenerate keypoints, object behind the camera, ...)",
+    "depth_out_of_range": "the estimated depth t_z is outside depth_range",
 }
 
 
@@ -101,6 +103,10 @@ class Estimator:
         providers: ONNX Runtime execution providers, overriding the TensorRT > CUDA > CPU choice.
         intra_op_threads: ONNX Runtime intra-op threads (0: its default).
         pnp_iterations: Levenberg-Marquardt iterations of the PnP refinement.
+        min_box_px: detections whose box's longer side is shorter are skipped (reason ``"small_box"``):
+            a few pixels carry no pose (a 1-px box gave an object 48 m away).
+        depth_range: ``(min, max)`` metres; a pose whose ``t_z`` falls outside is returned with
+            reason ``"depth_out_of_range"`` instead of ``ok``.
 
     Example:
         >>> est = Estimator("model.onnx", ObjectRegistry.from_yaml("config/objects.yaml"))  # doctest: +SKIP
@@ -118,6 +124,8 @@ class Estimator:
         providers: Optional[Sequence[str]] = None,
         intra_op_threads: int = 0,
         pnp_iterations: int = DEFAULT_ITERATIONS,
+        min_box_px: float = 0.0,
+        depth_range: Tuple[float, float] = (0.0, float("inf")),
     ) -> None:
         if isinstance(model, (str, os.PathLike)):
             predictor = make_predictor(model, backend=backend, device=device, providers=providers,
@@ -129,11 +137,17 @@ class Estimator:
         predictor.card.check_against(registry)
         if not np.isfinite(min_score):
             raise ValueError(f"min_score must be finite, got {min_score}")
+        if not (np.isfinite(min_box_px) and min_box_px >= 0):
+            raise ValueError(f"min_box_px must be finite and >= 0, got {min_box_px}")
+        if len(depth_range) != 2 or not 0 <= depth_range[0] < depth_range[1]:
+            raise ValueError(f"depth_range must be (min, max) with 0 <= min < max, got {tuple(depth_range)}")
         self.predictor = predictor
         self.registry = registry
         self.card = predictor.card
         self.min_score = float(min_score)
         self.pnp_iterations = int(pnp_iterations)
+        self.min_box_px = float(min_box_px)
+        self.depth_range = (float(depth_range[0]), float(depth_range[1]))
         self._points_3d = torch.as_tensor(self.card.keypoints_array, dtype=torch.float64)  # (N, K, 3)
         self._class_cache: dict = {}
 
@@ -170,6 +184,7 @@ class Estimator:
         finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
         with np.errstate(invalid="ignore"):
             nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            big_enough = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= self.min_box_px
             inside = ((boxes[:, 2] > -0.5) & (boxes[:, 0] < W - 0.5)
                       & (boxes[:, 3] > -0.5) & (boxes[:, 1] < H - 0.5))
             confident = scores >= self.min_score
@@ -182,6 +197,7 @@ class Estimator:
             (np.array([c[0] is not None and c[2] is None for c in classes]), "not_in_model"),
             (~confident, "low_score"),
             (~nonempty, "empty_box"),
+            (~big_enough, "small_box"),
             (~inside, "outside_image"),
         ]):
             reasons[mask] = reason
@@ -242,6 +258,9 @@ class Estimator:
                         iterations=self.pnp_iterations)
         failed = pnp.failed | ~torch.isfinite(pnp.R).flatten(1).all(1) | ~torch.isfinite(pnp.t).all(1)
         fail = np.full(B, "", dtype=object)
+        z = pnp.t[:, 2].numpy()
+        with np.errstate(invalid="ignore"):
+            fail[(z < self.depth_range[0]) | (z > self.depth_range[1])] = "depth_out_of_range"
         fail[failed.numpy()] = "pnp_failed"
         fail[~finite_kp.numpy()] = "non_finite_keypoints"
         return (pnp.R.numpy(), pnp.t.numpy(), uv_img.numpy(), pnp.reprojection_error.numpy(), fail)

@@ -15,6 +15,8 @@ from typing import Any, Callable, List
 
 import pytest
 
+from node_fixtures import wait_until
+
 _LOCK_DIR = "/tmp"
 _domain_lock = None
 
@@ -126,15 +128,6 @@ class Collector:
 @pytest.fixture
 def collector() -> Callable[..., Collector]:
     return Collector
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, period: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(period)
-    return predicate()
 
 
 @pytest.fixture

@@ -16,13 +16,16 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import List
+from typing import Callable, List
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 REGISTRY_YAML = ROOT / "config" / "objects_lm_lite.yaml"
 TRAINED_MODEL = ROOT / "test" / "fixtures" / "lm_lite_demo.onnx"
+#: Node parameters for the tests that compare poses: the random stand-in model (used when the trained
+#: one is absent) collapses its keypoints and puts every object 200-1300 m away, past max_depth_m.
+POSE_PARAMS = {} if TRAINED_MODEL.is_file() else {"max_depth_m": 1e5}
 
 
 @dataclass
@@ -149,6 +152,15 @@ def frame_messages(frame: Frame, k: int, registry, det_stamp=None):
     return conv.rgb_to_image(frame.rgb, header, "bgr8"), conv.detection2d_array_msg(det_header, dets), dets
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, period: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(period)
+    return predicate()
+
+
 def wait_subscribed(pub, timeout: float = 60.0) -> bool:
     """True once ``pub`` sees a subscriber (the node is up and discovered)."""
     deadline = time.monotonic() + timeout
@@ -206,3 +218,19 @@ class InProcessNode:
     @staticmethod
     def values(status) -> dict:
         return {kv.key: kv.value for kv in status.values}
+
+
+def direct_estimate(registry, model, frame: Frame, detections, **overrides):
+    """A direct ``Estimator`` call on ``frame`` with the node's default limits (``ESTIMATOR_PARAMS``),
+    the reference the node's output must equal. ``detections``: ``(class_id, box, score)`` tuples."""
+    from pose6d_ros.geometry.camera import CameraModel
+    from pose6d_ros.ros.params import ESTIMATOR_PARAMS
+    from pose6d_ros.runtime.estimator import Estimator
+
+    d = {k: ESTIMATOR_PARAMS[k].default for k in ("min_score", "min_box_px", "min_depth_m", "max_depth_m")}
+    d.update(overrides)
+    est = Estimator(str(model), registry, backend="onnxruntime", device="cpu", min_score=d["min_score"],
+                    min_box_px=d["min_box_px"], depth_range=(d["min_depth_m"], d["max_depth_m"]))
+    cam = CameraModel(K=frame.K, width=frame.rgb.shape[1], height=frame.rgb.shape[0], distortion_model="plumb_bob",
+                      D=np.zeros(5))
+    return est.estimate(frame.rgb, cam, detections)

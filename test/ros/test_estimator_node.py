@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from node_fixtures import (REGISTRY_YAML, NodeProcess, all_finite_pose_array, camera_info_msg, frame_messages,
-                           input_publishers, stamp, wait_subscribed)
+from node_fixtures import (POSE_PARAMS, REGISTRY_YAML, NodeProcess, all_finite_pose_array, camera_info_msg,
+                           frame_messages, input_publishers, stamp, wait_subscribed)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,7 @@ def test_node_matches_direct_estimator(setup, ros_context, spinner, collector, t
     registry, ids, model, frames, _ = setup
     node = NodeProcess("-p", f"model:={model}", "-p", f"objects:={REGISTRY_YAML}", "-p", "publish_tf:=true",
                        "-p", "publish_debug_image:=true", "-p", "publish_markers:=true",
+                       *[a for k, v in POSE_PARAMS.items() for a in ("-p", f"{k}:={v}")],
                        log_path=tmp_path / "node.log")
     try:
         test_node = spinner.add(Node("replayer", context=ros_context))
@@ -50,7 +51,9 @@ def test_node_matches_direct_estimator(setup, ros_context, spinner, collector, t
         pub_img, pub_info, pub_det = input_publishers(test_node)
         assert wait_subscribed(pub_img), node.log()
         time.sleep(1.0)
-        direct = Estimator(str(model), registry, backend="onnxruntime", device="cpu", min_score=0.3)
+        # the node's limits
+        direct = Estimator(str(model), registry, backend="onnxruntime", device="cpu", min_score=0.3, min_box_px=8.0,
+                           depth_range=(0.05, POSE_PARAMS.get("max_depth_m", 20.0)))
         expected = []
         for k, frame in enumerate(frames):
             img, dets_msg, dets = frame_messages(frame, k, registry)

@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
-from conftest import wait_until
-from node_fixtures import InProcessNode, camera_info_msg, frame_messages, stamp
+from node_fixtures import (POSE_PARAMS, InProcessNode, camera_info_msg, direct_estimate, frame_messages, stamp,
+                           wait_until)
 
 ERROR, WARN, OK = b"\x02", b"\x01", b"\x00"
 
@@ -32,16 +32,6 @@ def _send(n: InProcessNode, frame, k: int, registry, image=True, detections=True
     if detections:
         n.pub_det.publish(dets)
     time.sleep(0.05)
-
-
-def _direct(registry, model, frame, dets):
-    from pose6d_ros.geometry.camera import CameraModel
-    from pose6d_ros.runtime.estimator import Estimator
-
-    est = Estimator(str(model), registry, backend="onnxruntime", device="cpu", min_score=0.3)
-    cam = CameraModel(K=frame.K, width=frame.rgb.shape[1], height=frame.rgb.shape[0], distortion_model="plumb_bob",
-                      D=np.zeros(5))
-    return est.estimate(frame.rgb, cam, dets)
 
 
 def test_detections_1ns_off_their_images_are_reported(node_setup, ros_context, spinner, collector):
@@ -66,7 +56,8 @@ def test_detections_1ns_off_their_images_are_reported(node_setup, ros_context, s
 def test_approximate_sync_pairs_restamped_detections(node_setup, ros_context, spinner, collector):
     """The same 1-ns-off stream with ``sync: approximate`` gives the poses of exact pairing."""
     registry, _, model, frames, _ = node_setup
-    n = InProcessNode(ros_context, spinner, collector, model, sync="approximate", sync_tolerance_s=0.001)
+    n = InProcessNode(ros_context, spinner, collector, model, sync="approximate", sync_tolerance_s=0.001,
+                      **POSE_PARAMS)
     for k, frame in enumerate(frames[:4]):
         # Detections first for odd frames, and restamped 1 ns to 0.9 ms later.
         img, dets, core = frame_messages(frame, k, registry, det_stamp=stamp(k, nanosec=17 + 900_000 * (k % 2) + 1))
@@ -77,9 +68,11 @@ def test_approximate_sync_pairs_restamped_detections(node_setup, ros_context, sp
     got = n.poses.wait_for(4, timeout=30)
     assert len(got) == 4, n.warnings()
     by_stamp = {(m.header.stamp.sec, m.header.stamp.nanosec): m for m in got}
+    assert sum(len(m.poses) for m in got) > 0, "no pose at all: the comparison would be empty"
     for k, frame in enumerate(frames[:4]):
         _, _, core = frame_messages(frame, k, registry)
-        expected = [e for e in _direct(registry, model, frame, [(d.class_id, d.box, d.score) for d in core]) if e.ok]
+        expected = [e for e in direct_estimate(registry, model, frame, [(d.class_id, d.box, d.score) for d in core],
+                                               **POSE_PARAMS) if e.ok]
         msg = by_stamp[(1000 + k, 17)]  # the image's stamp
         assert len(msg.poses) == len(expected)
         for p, e in zip(msg.poses, expected):
@@ -158,7 +151,8 @@ def test_max_detections_keeps_the_highest_scores(node_setup, ros_context, spinne
 
     registry, _, model, frames, _ = node_setup
     frame = frames[0]
-    n = InProcessNode(ros_context, spinner, collector, model, max_detections=4, diagnostics_period_s=0.5)
+    n = InProcessNode(ros_context, spinner, collector, model, max_detections=4, diagnostics_period_s=0.5,
+                      **POSE_PARAMS)
     names = [registry.get(oid).name for oid in frame.obj_ids]
     rng = np.random.default_rng(0)
     scores = rng.permutation(np.linspace(0.5, 0.95, 12))
@@ -170,7 +164,8 @@ def test_max_detections_keeps_the_highest_scores(node_setup, ros_context, spinne
     n.pub_det.publish(conv.detection2d_array_msg(header, dets))
     (msg,) = n.poses.wait_for(1, timeout=30)
     best = sorted(np.argsort(-scores)[:4])
-    direct = _direct(registry, model, frame, [(dets[i].class_id, dets[i].box, dets[i].score) for i in best])
+    direct = direct_estimate(registry, model, frame, [(dets[i].class_id, dets[i].box, dets[i].score) for i in best],
+                             **POSE_PARAMS)
     expected = [e for e in direct if e.ok]
     assert expected, "no pose at all: the comparison would be empty"
     assert len(msg.poses) == len(expected)
