@@ -220,7 +220,7 @@ def markdown(results: Dict[str, Any]) -> str:
 
 def throughput(batch: int = 16, reps: int = 5) -> Dict[str, float]:
     """Self-supervised step (forward + backward + Adam) at ``batch``, 64 px, against a reference timed
-    in the same run: ResNet-18, three forwards + one backward at the same batch (calibration.md: 365 ms)."""
+    in the same run: ResNet-18, three forwards + one backward at the same batch (365 ms on the 2-core development machine)."""
     from pose6d_ros.training.build import SyntheticSource, build_model, build_objects
     from pose6d_ros.training.selfsup import build_step
 

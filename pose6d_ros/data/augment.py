@@ -3,7 +3,7 @@
 Randomness comes from an optional ``torch.Generator`` so that a run can be replayed; parameters are
 drawn on the generator's device and moved to the images' device.
 
-Cross-domain occlusion (paper Sec. 3.2, "Cross domain occlusion augmentation"; ``method.md``):
+Cross-domain occlusion (paper Sec. 3.2, "Cross domain occlusion augmentation"; ``docs/method.md``):
 randomly sized patches of Gaussian noise go at the *same* places on the real crop ``x_r`` and on the
 rendered crop ``r_{h1}``, and the rendered silhouette ``m_{h1}`` is set to 0 under them, so the masked
 real image ``M(x_r, m_{h1})`` never contains the noise.

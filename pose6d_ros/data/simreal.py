@@ -1,7 +1,7 @@
 """The simulated real domain: full frames rendered by an independent renderer (pyrender + OSMesa).
 
 It plays the part of LINEMOD's real images. The gap to the synthetic source domain is the kind the
-method is meant to close (see ``/work/shared/notes/selfsup-toy.md``): photographs as backgrounds
+method is meant to close (``docs/method.md``, "The simulated real domain"): photographs as backgrounds
 (``skimage.data``), specular materials, a point light with cast shadows (shadow-mapped here, as
 pyrender's shadows fail on OSMesa), white balance, gamma, vignetting, blur, sensor noise and JPEG,
 a small smooth geometric error of the rendering mesh, clutter from other registered objects and

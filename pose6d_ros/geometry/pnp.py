@@ -9,7 +9,7 @@ Backward: the implicit function theorem at the optimum (as BPnP, Chen et al. 202
 of the robust reprojection objective ``f``, written out analytically: in the solver's own units
 from its final state for the 2D points (:func:`_linearise`, :func:`_grad_points_2d`), and as a
 differentiable function of every input otherwise (:func:`_stationarity`).
-This is the ``P(h, K_crop) → y`` block of ``docs`` / ``/work/shared/notes/method.md``.
+This is the ``P(h, K_crop) → y`` block of ``docs/method.md``.
 
 Conventions: ``x_cam = R @ x_model + t``; pixels in the OpenCV convention (``docs/conventions.md``).
 """

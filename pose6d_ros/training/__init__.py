@@ -3,7 +3,7 @@
 Modules:
     losses        pure loss functions (Huber, L_pose, L_pose2, L_sup, L_percep, mask blend, Eq. 3)
     perceptual    frozen feature extractors for L_percep (VGG-16 from a weights file, or early Φ stages)
-    selfsup_step  one self-supervised step (method.md steps 1-10) with a switch per component
+    selfsup_step  one self-supervised step (docs/method.md, steps 1-10) with a switch per component
     trainer       Trainer + hooks (checkpoint, logging, evaluation, EMA teacher), per-step RNG streams
     checkpoint    atomic checkpoints with RNG states
     distributed   torchrun helpers (gloo / nccl), gradient averaging

@@ -124,7 +124,7 @@ def synthetic_supervision(
     """L_sup (Eq. 2): ``Huber(h3 − sg[π(y1)]) + Huber(Φ(x_g) − h_g)``.
 
     The label of the rendered image, ``π(y1)``, is exact whatever ``y1`` is, so it is detached here:
-    it is a label, not a path for gradients (method.md step 8). Either term may be ``None``
+    it is a label, not a path for gradients (docs/method.md, step 8). Either term may be ``None``
     (ablation / supervised-only use); at least one must be given.
 
     Args:
@@ -167,7 +167,7 @@ def perceptual_distance(
 
     For each layer ``l``: unit-normalise the features across channels at every pixel, take the
     squared difference summed over channels (in ``[0, 4]``), average over pixels; then average
-    over layers. The unit normalisation bounds the term, so λ4 = 20 stays sane (selfsup-toy.md:
+    over layers. The unit normalisation bounds the term, so λ4 = 20 stays sane (on a toy problem
     raw features gave gradient norms in the hundreds).
 
     Args:

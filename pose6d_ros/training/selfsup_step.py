@@ -1,4 +1,4 @@
-"""One self-supervised step of Sec. 3.2 (method.md steps 1-10), as a callable for the trainer.
+"""One self-supervised step of Sec. 3.2 (docs/method.md, steps 1-10), as a callable for the trainer.
 
     h1 = Φ(x_r)                      1
     y1 = P(h1, K_crop)               2   gradient to h1 (implicit function theorem)
@@ -73,7 +73,7 @@ class SelfSupSettings:
     grad_through_render_rgb: bool = True  # the composited render r1 carries gradient to y1
     grad_through_pnp: bool = True
     detach_h2_in_pose2: bool = False
-    # Eq. 2's render term labels r1 with sg[π(y1)]: a label, not a path to y1 (method.md step 8).
+    # Eq. 2's render term labels r1 with sg[π(y1)]: a label, not a path to y1 (docs/method.md, step 8).
     # True: that term sees Φ(sg[r1]), so it trains Φ only; False: it shares h3 = Φ(r1) with Eq. 1.
     sup_render_detached: bool = True
     reject_failed_pnp: bool = True
