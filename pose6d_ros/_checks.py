@@ -1,12 +1,88 @@
-"""Input validation shared by every public entry point (kornia's KORNIA_CHECK_SHAPE, in spirit)."""
+"""Input validation shared by every public entry point (kornia's KORNIA_CHECK_SHAPE, in spirit), and
+the error handling every console script shares (:func:`run_cli`: one line naming the file or field,
+exit code 2, never a traceback for bad input)."""
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+import contextlib
+import os
+import pickle
+import sys
+import zipfile
+from typing import Any, Callable, Iterator, Sequence, Union
 
 import torch
 
 Dim = Union[int, str]
+
+#: Set (to anything but empty or 0) to get the traceback instead of the one-line message.
+TRACEBACK_ENV = "POSE6D_TRACEBACK"
+
+
+class InputError(ValueError):
+    """Bad input to a command: its message is one line that names the file or the field."""
+
+
+def _input_errors() -> tuple:
+    import yaml
+
+    # what unreadable files and bad values raise: the OS, parsers (json/yaml/PIL/trimesh: ValueError
+    # and YAMLError), torch on a corrupt archive (RuntimeError, pickle/zip errors), our own checks
+    return (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
+            yaml.YAMLError)
+
+
+def one_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, whitespace collapsed."""
+    if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str):
+        text = exc.args[0]  # str(KeyError) would quote it
+    else:
+        text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    line = " ".join(lines[0].split()) if lines else type(exc).__name__
+    if len(line) > 240 and ". " in line[40:]:  # library prose after the first sentence (torch's zip errors)
+        line = line[:line.index(". ", 40) + 1]
+    return line
+
+
+@contextlib.contextmanager
+def reading(path: Union[str, "os.PathLike[str]"], what: str = "") -> Iterator[None]:
+    """Re-raise bad-input errors from the block as one-line :class:`InputError` naming ``what`` (e.g.
+    ``"--model"``) and ``path``, unless the message names ``path`` already.
+
+    Example:
+        >>> with reading(args.model, "--model"):  # doctest: +SKIP
+        ...     model, card = load_model(args.model)
+    """
+    try:
+        yield
+    except _input_errors() as exc:
+        msg = one_line(exc)
+        if str(path) in msg:
+            raise
+        prefix = f"{what} {path}" if what else str(path)
+        raise InputError(f"{prefix}: {msg}") from exc
+
+
+def run_cli(prog: str, body: Callable[[], Any]) -> int:
+    """Run a console script's ``body`` and return its exit code.
+
+    0 on success (whatever ``body`` returns unless it is an int); 2 with one line ``prog: error:
+    <message>`` on stderr for bad input (a missing, corrupt or malformed file, a bad value); 130 on
+    Ctrl-C. Other exceptions (bugs) keep their traceback. ``POSE6D_TRACEBACK=1`` shows the traceback
+    of bad-input errors too.
+    """
+    try:
+        code = body()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except _input_errors() as exc:
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr, flush=True)
+        return 2
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
 def check_shape(x: torch.Tensor, shape: Sequence[Dim], name: str) -> None:

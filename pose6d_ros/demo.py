@@ -49,8 +49,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         from pose6d_ros.data.build import main as build_main
 
-        build_main(["--suite", "lm-lite", "--out", str(data), "--images-per-object", str(args.images_per_object),
-                    "--objects", *map(str, DEMO_OBJECTS)])
+        code = build_main(["--suite", "lm-lite", "--out", str(data), "--images-per-object",
+                           str(args.images_per_object), "--objects", *map(str, DEMO_OBJECTS)])
+        if code:
+            return code
 
     _banner("2/4 train_selfsup -c training/quick_demo.yaml (synthetic init, then self-supervised)")
     model_pt = out / "model.pt"

@@ -447,9 +447,14 @@ def _load_raw_vertices(path: str) -> np.ndarray:
 def _load_trimesh_file(path: str) -> "trimesh.Trimesh":  # noqa: F821
     import trimesh
 
-    m = trimesh.load(path, force="mesh", process=False)
+    if not os.path.isfile(path):
+        raise RegistryError(f"{path}: mesh file not found")
+    try:
+        m = trimesh.load(path, force="mesh", process=False)
+    except Exception as exc:  # noqa: BLE001 - trimesh raises many types on a malformed file, none naming it
+        raise RegistryError(f"{path}: cannot read mesh ({type(exc).__name__}: {exc})") from exc
     if not isinstance(m, trimesh.Trimesh) or len(m.faces) == 0:
-        raise ValueError(f"{path}: not a triangle mesh")
+        raise RegistryError(f"{path}: not a triangle mesh")
     return m
 
 

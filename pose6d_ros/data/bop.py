@@ -1065,6 +1065,19 @@ class BopDataset:
     def labelled(self) -> bool:
         return any(s.gts is not None for s in self.scenes.values())
 
+    def require_labels(self, scene_ids: Optional[Sequence[int]] = None, info: bool = False) -> None:
+        """Raise ``FileNotFoundError`` naming the first ``scene_gt.json`` (and, with ``info``,
+        ``scene_gt_info.json``) missing from ``scene_ids`` (default: every scene): a split without
+        labels must say so, not look like a split without the wanted objects."""
+        for sid in self.scenes if scene_ids is None else scene_ids:
+            scene = self.scenes.get(int(sid))
+            if scene is None:
+                continue
+            for name, have in ((SCENE_GT, scene.gts), (SCENE_GT_INFO, scene.gt_infos if info else True)):
+                if have is None:
+                    raise FileNotFoundError(f"{scene_dir(self.split_path, sid) / name}: no such file "
+                                            "(pose labels are needed; is this an unlabeled split?)")
+
     def __len__(self) -> int:
         return len(self.instances)
 

@@ -32,6 +32,8 @@ from typing import Sequence
 
 import numpy as np
 
+from pose6d_ros._io import atomic_write_json
+
 SPLITS = ("train", "diag", "test")
 
 
@@ -141,8 +143,13 @@ def build(suite: str, out: Path, images_per_object: int = 120, seed: int = 0, wo
 
     t0 = time.time()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if images_per_object < 1 or workers < 1:
+        raise ValueError(f"images_per_object and workers must be >= 1, got {images_per_object}, {workers}")
     registry = load_suite_registry(suite)
+    unknown = sorted(set(int(o) for o in object_ids or ()) - set(registry.ids))
+    if unknown:
+        raise ValueError(f"objects {unknown} are not in suite {suite} (its ids: {registry.ids})")
+    out.mkdir(parents=True, exist_ok=True)
     reg_yaml = out / "objects.yaml"
     registry.to_yaml(reg_yaml)
     cfg = cfg or RealDomainConfig()
@@ -179,7 +186,7 @@ def build(suite: str, out: Path, images_per_object: int = 120, seed: int = 0, wo
                    train_fraction=train_fraction, diag_fraction=diag_fraction, appearance=appearance, frames=n_frames,
                    objects=len(ids), counts={s: sum(len(v) for v in sc.values()) for s, sc in plan.splits.items()},
                    seconds=round(time.time() - t0, 1))
-    (out / "build_info.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out / "build_info.json", summary)
     log(f"{suite}: done in {summary['seconds']} s -> {out}")
     return summary
 
@@ -230,7 +237,10 @@ def _write_models(registry, models_dir: Path) -> None:
     bop.save_models_info(models_dir / bop.MODELS_INFO, infos)
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``build_suite``: exit code 0 (the summary in ``OUT/build_info.json``), or 2 with
+    one line on bad input."""
+    from pose6d_ros._checks import run_cli
     from pose6d_ros.data.simreal import APPEARANCE, RealDomainConfig
     from pose6d_ros.data.suites import SUITE_NAMES
 
@@ -247,9 +257,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--appearance", choices=sorted(APPEARANCE), default="standard",
                    help="camera appearance preset of the simulated real domain (simreal.APPEARANCE)")
     a = p.parse_args(argv)
-    return build(a.suite, a.out, a.images_per_object, a.seed, a.workers, a.train_fraction, a.diag_fraction,
-                 a.depth, a.objects, cfg=RealDomainConfig(**APPEARANCE[a.appearance]), appearance=a.appearance)
+
+    def body() -> None:
+        s = build(a.suite, a.out, a.images_per_object, a.seed, a.workers, a.train_fraction, a.diag_fraction,
+                  a.depth, a.objects, cfg=RealDomainConfig(**APPEARANCE[a.appearance]), appearance=a.appearance)
+        counts = ", ".join(f"{k} {v}" for k, v in s["counts"].items())
+        print(f"{a.out}: {s['frames']} frames of {s['objects']} objects ({counts}) in {s['seconds']} s\n"
+              f"result: {a.out / 'build_info.json'}", flush=True)
+
+    return run_cli("build_suite", body)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -26,10 +26,10 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from pose6d_ros.detection.model import (ARCHS, TV_OFFSET, DetectorCheckpointError, DetectorSpec, build_from_spec,
+from pose6d_ros.detection.model import (ARCHS, TV_OFFSET, DetectorSpec, build_from_spec,
                                         load_detector, save_detector)
 from pose6d_ros.detection.scenes import DetectionScenes, SceneConfig
-from pose6d_ros.registry import ObjectRegistry, RegistryError
+from pose6d_ros.registry import ObjectRegistry
 
 __all__ = ["ReplayBuffer", "train_steps", "main"]
 
@@ -128,18 +128,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console script ``train_detector``: exit code 0 (result in ``<out stem>.result.json``), 2 with one
+    line naming the file on bad input, 130 when interrupted (the last checkpoint is kept)."""
+    from pose6d_ros._checks import run_cli
+
     args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except (DetectorCheckpointError, RegistryError, FileNotFoundError) as e:
-        print(f"train_detector: {e}", file=sys.stderr)
-        return 2
+    return run_cli("train_detector", lambda: _run(args))
+
+
+def result_path(checkpoint: str | Path) -> Path:
+    """``runs/detector.pt`` -> ``runs/detector.result.json``."""
+    p = Path(checkpoint)
+    return p.with_name(p.stem + ".result.json")
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pose6d_ros._checks import InputError, reading
+    from pose6d_ros._io import atomic_write_json
+
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    registry = ObjectRegistry.from_yaml(args.objects)
+    with reading(args.objects, "--objects"):
+        registry = ObjectRegistry.from_yaml(args.objects)
     out = Path(args.out)
     H, W = args.image_size
     spec = DetectorSpec(object_ids=tuple(registry.ids), object_names=tuple(registry.names), arch=args.arch,
@@ -148,9 +158,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume and out.is_file():
         model, spec, state = load_detector(out, args.device, expect_names=registry.names)
         if tuple(spec.object_names) != tuple(registry.names):
-            print(f"train_detector: {out} was trained on {list(spec.object_names)}, not on the objects of "
-                  f"{args.objects}", file=sys.stderr)
-            return 2
+            raise InputError(f"{out} was trained on {list(spec.object_names)}, not on the objects of {args.objects}")
         step, next_frame = int(state["step"]), int(state["extra"].get("next_frame", 0))
     else:
         model = build_from_spec(spec, backbone_weights=args.backbone_weights).to(args.device)
@@ -184,6 +192,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"trained to step {step} in {time.monotonic() - t0:.0f}s -> {out}", flush=True)
     elif not out.is_file():
         save_detector(out, model, spec, step=step, optimizer=optimizer, extra={"next_frame": next_frame})
+    result = {"checkpoint": str(out), "step": step, "objects": list(spec.object_names), "arch": spec.arch}
     if args.eval:
         from pose6d_ros.detection.infer import Detector, evaluate_recall
 
@@ -191,6 +200,11 @@ def _run(args: argparse.Namespace) -> int:
         rep = evaluate_recall(det, args.eval, registry, min_score=args.min_score,
                               max_images=args.eval_max_images or None)
         print(rep.summary(), flush=True)
+        result["eval"] = {"split": str(args.eval), "n_images": rep.n_images, "n_instances": rep.n_instances,
+                          "n_targets": rep.n_targets, "min_score": rep.min_score, "mean_time_s": rep.mean_time_s,
+                          "recall": {"/".join(map(str, k)): v for k, v in rep.recall.items()}}
+    res = atomic_write_json(result_path(out), result)
+    print(f"result: {res}", flush=True)
     return 0
 
 

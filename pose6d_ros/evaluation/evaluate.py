@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from pose6d_ros._io import atomic_write_text
 from pose6d_ros.evaluation.tables import (
     BopEstimate,
     RecallTable,
@@ -30,12 +31,15 @@ from pose6d_ros.evaluation.tables import (
     save_bop_results,
 )
 
-__all__ = ["InstancePrediction", "predict_split", "score_predictions", "predict_crops", "main"]
+__all__ = ["InstancePrediction", "predict_split", "score_poses", "score_predictions", "predict_crops", "main"]
 
 log = logging.getLogger("pose6d_ros.evaluation")
 
 ADD_THRESHOLD = 0.1  # fraction of the diameter
 PROJ_THRESHOLD_PX = 5.0
+METRICS = ("ADD(-S)", "2D proj 5px")
+#: model vertices the errors are averaged over (a fixed subsample; ADD-S searches all of them)
+MAX_POINTS = 1000
 
 
 @dataclass
@@ -80,10 +84,11 @@ def predict_crops(model: torch.nn.Module, images: torch.Tensor, K_crop: torch.Te
 
 
 def predict_split(model: torch.nn.Module, crops, keypoints_3d: torch.Tensor, batch_size: int = 32,
-                  device: torch.device | str = "cpu", limit: Optional[int] = None) -> List[InstancePrediction]:
-    """Predict every item of a labelled :class:`pose6d_ros.training.build.TargetCrops` (no jitter)."""
+                  device: torch.device | str = "cpu") -> List[InstancePrediction]:
+    """Predict every item of a labelled :class:`pose6d_ros.training.build.TargetCrops` (no jitter);
+    to evaluate fewer, pass fewer items (``training.build.first_per_object``)."""
     model = model.eval().to(device)
-    n = len(crops) if limit is None else min(limit, len(crops))
+    n = len(crops)
     out: List[InstancePrediction] = []
     for start in range(0, n, batch_size):
         idx = list(range(start, min(start + batch_size, n)))
@@ -104,39 +109,55 @@ def predict_split(model: torch.nn.Module, crops, keypoints_3d: torch.Tensor, bat
     return out
 
 
-def score_predictions(preds: Sequence[InstancePrediction], registry, names: Optional[Dict[int, str]] = None,
-                      max_points: int = 1000) -> RecallTable:
-    """ADD(-S) at 10% of the diameter and 2D projection at 5 px, per object.
+def score_poses(info, R: torch.Tensor, t: torch.Tensor, R_gt: torch.Tensor, t_gt: torch.Tensor, K: torch.Tensor,
+                failed: torch.Tensor, max_points: int = MAX_POINTS) -> Dict[str, torch.Tensor]:
+    """Which of ``B`` poses of ONE object are correct: the one scoring rule of ``evaluate``, the
+    trainers' final test and their diagnostics.
 
-    Uses ``pose6d_ros.geometry.metrics`` (``add``, ``adi``, ``proj_error``).
+    Args:
+        info: the object's registry record (``model_vertices()``, ``diameter``, ``is_symmetric``).
+        R, R_gt: ``(B, 3, 3)``; t, t_gt: ``(B, 3)`` metres.
+        K: ``(B, 3, 3)`` full-image intrinsics (the 2D projection error is in image pixels).
+        failed: ``(B,)`` bool; a failed estimate is never correct.
+        max_points: the errors are averaged over a fixed (seeded) subsample of at most this many
+            model vertices; ADD-S still searches the nearest neighbour among ALL vertices.
+
+    Returns:
+        ``{"ADD(-S)": (B,) bool, "2D proj 5px": (B,) bool, "add_error": (B,) metres,
+        "proj_error": (B,) pixels}``.
     """
     from pose6d_ros.geometry import metrics
 
+    verts = torch.as_tensor(np.asarray(info.model_vertices(), dtype=np.float64))
+    query = verts
+    if len(verts) > max_points:
+        query = verts[torch.from_numpy(np.random.default_rng(0).choice(len(verts), max_points, replace=False))]
+    R, t, R_gt, t_gt, K = (x.detach().cpu().double() for x in (R, t, R_gt, t_gt, K))
+    failed = failed.detach().cpu().bool()
+    if info.is_symmetric:
+        e_add = metrics.adi(R, t, R_gt, t_gt, verts, query=query)
+    else:
+        e_add = metrics.add(R, t, R_gt, t_gt, query)
+    e_proj = metrics.proj_error(R, t, R_gt, t_gt, K, query)
+    return {"ADD(-S)": (e_add < ADD_THRESHOLD * info.diameter) & ~failed,
+            "2D proj 5px": (e_proj < PROJ_THRESHOLD_PX) & ~failed, "add_error": e_add, "proj_error": e_proj}
+
+
+def score_predictions(preds: Sequence[InstancePrediction], registry, names: Optional[Dict[int, str]] = None,
+                      max_points: int = MAX_POINTS) -> RecallTable:
+    """ADD(-S) at 10% of the diameter and 2D projection at 5 px, per object (:func:`score_poses`)."""
     by_obj: Dict[int, List[InstancePrediction]] = {}
     for p in preds:
         by_obj.setdefault(p.obj_id, []).append(p)
     flags: Dict[str, Dict[str, List[bool]]] = {}
     for obj_id in sorted(by_obj):
         info = registry.get(obj_id)
-        pts = np.asarray(info.model_vertices(), dtype=np.float64)
-        if len(pts) > max_points:  # a fixed subsample keeps ADD-S's all-pairs search small
-            pts = pts[np.random.default_rng(0).choice(len(pts), max_points, replace=False)]
         ps = by_obj[obj_id]
-        R = torch.from_numpy(np.stack([p.R for p in ps]))
-        t = torch.from_numpy(np.stack([p.t for p in ps]))
-        Rg = torch.from_numpy(np.stack([p.R_gt for p in ps]))
-        tg = torch.from_numpy(np.stack([p.t_gt for p in ps]))
-        K = torch.from_numpy(np.stack([p.K for p in ps]))
-        P = torch.from_numpy(pts)
-        fn = metrics.adi if info.is_symmetric else metrics.add
-        e_add = fn(R, t, Rg, tg, P)
-        e_proj = metrics.proj_error(R, t, Rg, tg, K, P)
-        failed = torch.tensor([p.failed for p in ps])
-        ok_add = (e_add < ADD_THRESHOLD * info.diameter) & ~failed
-        ok_proj = (e_proj < PROJ_THRESHOLD_PX) & ~failed
+        stack = [torch.from_numpy(np.stack([getattr(p, k) for p in ps])) for k in ("R", "t", "R_gt", "t_gt", "K")]
+        ok = score_poses(info, *stack, torch.tensor([p.failed for p in ps]), max_points)
         name = (names or {}).get(obj_id, info.name)
-        flags[name] = {"ADD(-S)": ok_add.tolist(), "2D proj 5px": ok_proj.tolist()}
-    return recall_table(flags, ["ADD(-S)", "2D proj 5px"])
+        flags[name] = {m: ok[m].tolist() for m in METRICS}
+    return recall_table(flags, list(METRICS))
 
 
 def write_outputs(table: RecallTable, preds: Sequence[InstancePrediction], out_dir: str | Path,
@@ -145,49 +166,77 @@ def write_outputs(table: RecallTable, preds: Sequence[InstancePrediction], out_d
     """``results.md``, ``results.csv`` and the BOP CSV ``<method>_<dataset>-<split>.csv`` (BOP's naming;
     ``method`` must not contain ``_``)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     md, csv_ = out_dir / "results.md", out_dir / "results.csv"
-    md.write_text(format_markdown(table, title))
-    csv_.write_text(format_csv(table))
+    atomic_write_text(md, format_markdown(table, title))
+    atomic_write_text(csv_, format_csv(table))
     bop = save_bop_results(out_dir / f"{method.replace('_', '-')}_{dataset}-{split}.csv", [
         BopEstimate(p.scene_id, p.im_id, p.obj_id, 1.0, p.R, p.t, p.time) for p in preds if not p.failed])
     return {"markdown": md, "csv": csv_, "bop": bop}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> RecallTable:
-    """Console script ``evaluate``."""
-    from pose6d_ros.models import load_model
-    from pose6d_ros.registry import ObjectRegistry
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console script ``evaluate``: exit code 0, or 2 with one line naming the file on bad input.
+
+    Prints the table and writes ``results.md``, ``results.csv``, the BOP CSV and ``result.json`` to
+    ``--out`` (default: ``eval-<dataset>-<split>/`` beside the model)."""
+    from pose6d_ros._checks import run_cli
 
     ap = argparse.ArgumentParser(prog="evaluate", description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="Φ checkpoint (pose6d_ros.models.save_model)")
     ap.add_argument("--split", required=True, help="BOP split folder, e.g. data/lm-lite/test")
     ap.add_argument("--registry", required=True, help="object registry YAML (or BOP models_info.json)")
     ap.add_argument("--objects", type=int, nargs="*", default=None, help="object ids (default: the model's)")
-    ap.add_argument("--out", default=None, help="folder for results.md/.csv and the BOP CSV")
-    ap.add_argument("--limit", type=int, default=None, help="evaluate at most this many instances")
+    ap.add_argument("--out", default=None,
+                    help="folder for results.md/.csv, the BOP CSV and result.json "
+                         "(default: eval-<dataset>-<split>/ beside the model)")
+    ap.add_argument("--limit", type=int, default=None, help="evaluate at most this many instances of each object")
     ap.add_argument("--padding", type=float, default=1.3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from pose6d_ros.training.build import RunObjects, TargetCrops, items_from_split
+    return run_cli("evaluate", lambda: evaluate(a))
 
-    model, card = load_model(a.model, map_location=a.device)
+
+def evaluate(a: argparse.Namespace) -> Dict[str, object]:
+    """The body of :func:`main`; returns what ``result.json`` holds."""
+    from pose6d_ros._checks import InputError, reading
+    from pose6d_ros._io import atomic_write_json
+    from pose6d_ros.models import load_model
+    from pose6d_ros.registry import ObjectRegistry
+    from pose6d_ros.training.build import RunObjects, TargetCrops, first_per_object, items_from_split
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if a.limit is not None and a.limit < 1:
+        raise InputError(f"--limit must be >= 1, got {a.limit}")
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
+    with reading(a.model, "--model"):
+        model, card = load_model(a.model, map_location=a.device)
     reg_path = Path(a.registry)
-    registry = ObjectRegistry.from_bop_models_info(reg_path) if reg_path.suffix == ".json" else ObjectRegistry.from_yaml(reg_path)
+    with reading(reg_path, "--registry"):
+        registry = (ObjectRegistry.from_bop_models_info(reg_path) if reg_path.suffix == ".json"
+                    else ObjectRegistry.from_yaml(reg_path))
     objects = RunObjects(registry, list(card.object_ids))
     ids = a.objects or list(card.object_ids)
-    crops = TargetCrops(a.split, items_from_split(a.split, ids), objects, card.crop_size, padding=a.padding)
-    preds = predict_split(model, crops, torch.from_numpy(card.keypoints_array).float(), device=a.device,
-                          limit=a.limit)
+    unknown = sorted(set(ids) - set(card.object_ids))
+    if unknown:
+        raise InputError(f"--objects {unknown}: not objects of the model {a.model} ({list(card.object_ids)})")
+    items = items_from_split(a.split, ids)
+    if a.limit is not None:  # per object: a global cap would keep only the first objects of the split
+        items = first_per_object(items, a.limit)
+    crops = TargetCrops(a.split, items, objects, card.crop_size, padding=a.padding)
+    preds = predict_split(model, crops, torch.from_numpy(card.keypoints_array).float(), device=a.device)
     table = score_predictions(preds, registry)
-    print(format_markdown(table, f"{Path(a.model).name} on {a.split}"))
-    if a.out:
-        split = Path(a.split).resolve()
-        paths = write_outputs(table, preds, a.out, dataset=split.parent.name, split=split.name)
-        print("wrote", ", ".join(str(p) for p in paths.values()))
-    return table
+    split = Path(a.split).resolve()
+    out = Path(a.out) if a.out else Path(a.model).parent / f"eval-{split.parent.name}-{split.name}"
+    paths = write_outputs(table, preds, out, dataset=split.parent.name, split=split.name)
+    result = {"model": str(a.model), "split": str(a.split), "registry": str(a.registry), "limit_per_object": a.limit,
+              "files": {k: str(v) for k, v in paths.items()}, **table.to_dict()}
+    paths["json"] = atomic_write_json(out / "result.json", result)
+    print(format_markdown(table, f"{Path(a.model).name} on {a.split}"), flush=True)
+    print("wrote", ", ".join(str(p) for p in paths.values()), flush=True)
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

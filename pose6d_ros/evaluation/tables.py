@@ -44,6 +44,11 @@ class RecallTable:
             out[m] = float(np.mean(vals)) if vals else float("nan")
         return out
 
+    def to_dict(self) -> Dict[str, object]:
+        """``{"metrics", "rows", "counts", "mean"}``: the table as plain data (for result JSON)."""
+        return {"metrics": list(self.metrics), "rows": {k: dict(v) for k, v in self.rows.items()},
+                "counts": dict(self.counts), "mean": self.mean()}
+
 
 def format_markdown(table: RecallTable, title: Optional[str] = None, digits: int = 1) -> str:
     """A GitHub Markdown table with one row per object and a final ``mean`` row."""

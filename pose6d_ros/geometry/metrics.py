@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from pose6d_ros._checks import check_same_batch, check_shape
 
-#: Pose pairs x model points processed per chunk by the nearest-neighbour search of ADI.
+#: Pose pairs x symmetries x model points processed per chunk by MSSD / MSPD.
 _ADI_CHUNK = 2 ** 22
 
 
@@ -44,18 +44,45 @@ def add(R_est: Tensor, t_est: Tensor, R_gt: Tensor, t_gt: Tensor, pts: Tensor) -
     return (transform(R_est, t_est, pts) - transform(R_gt, t_gt, pts)).norm(dim=-1).mean(dim=-1)
 
 
-def adi(R_est: Tensor, t_est: Tensor, R_gt: Tensor, t_gt: Tensor, pts: Tensor) -> Tensor:
+def adi(R_est: Tensor, t_est: Tensor, R_gt: Tensor, t_gt: Tensor, pts: Tensor,
+        query: Optional[Tensor] = None) -> Tensor:
     """ADD-S / ADI: mean distance from each GT-transformed point to the NEAREST estimate-transformed point.
 
-    Exact nearest neighbours, batched, in chunks of pose pairs to bound memory (``B * P * P`` distances).
+    Args:
+        pts: ``(P, 3)`` model points: the nearest neighbour is searched among ALL of them (a KD-tree).
+        query: ``(Q, 3)`` the model points whose distances are averaged (default ``pts``), e.g. a
+            subsample that bounds the cost. Only this side may be subsampled: searching a subsample
+            lengthens every nearest-neighbour distance and biases recall down.
+
+    The search runs in the estimate's model frame, ``R_est^T (R_gt q + t_gt - t_est)`` against the
+    raw model points, so one tree serves every pose; a row whose ``R_est`` is not a rotation is
+    searched as bop_toolkit does (a tree over its transformed points). Non-finite poses give ``inf``.
+    Returns ``(B,)`` in the dtype and on the device of ``R_est``.
     """
+    from scipy.spatial import cKDTree
+
     _check(R_est, t_est, R_gt, t_gt, pts)
-    est, gt = transform(R_est, t_est, pts), transform(R_gt, t_gt, pts)
-    P = pts.shape[0]
-    step = max(1, _ADI_CHUNK // max(1, P * P))
-    out = [torch.cdist(gt[i:i + step], est[i:i + step]).min(dim=-1).values.mean(dim=-1)
-           for i in range(0, est.shape[0], step)]
-    return torch.cat(out) if out else est.new_zeros(0)
+    q = pts if query is None else query
+    check_shape(q, ("Q", 3), "query")
+    B = R_est.shape[0]
+    if B == 0:
+        return R_est.new_zeros(0)
+    Re, te_, Rg, tg = (x.detach().cpu().double().numpy() for x in (R_est, t_est, R_gt, t_gt))
+    P = pts.detach().cpu().double().numpy()
+    Q = q.detach().cpu().double().numpy()
+    gt = Q[None] @ Rg.transpose(0, 2, 1) + tg[:, None, :]  # (B, Q, 3) camera frame
+    local = (gt - te_[:, None, :]) @ Re  # (B, Q, 3): R_est^T (x - t_est), rows as vectors
+    finite = np.isfinite(local).all(axis=(1, 2))
+    ortho = np.abs(Re.transpose(0, 2, 1) @ Re - np.eye(3)).max(axis=(1, 2)) < 1e-6
+    out = np.full(B, np.inf)
+    rows = np.flatnonzero(finite & ortho)
+    if len(rows):
+        dist, _ = cKDTree(P).query(local[rows].reshape(-1, 3), k=1)
+        out[rows] = dist.reshape(len(rows), -1).mean(axis=1)
+    for b in np.flatnonzero(finite & ~ortho):  # not a rotation: no shared tree (rare)
+        dist, _ = cKDTree(P @ Re[b].T + te_[b]).query(gt[b], k=1)
+        out[b] = dist.mean()
+    return torch.from_numpy(out).to(dtype=R_est.dtype, device=R_est.device)
 
 
 def re(R_est: Tensor, R_gt: Tensor) -> Tensor:

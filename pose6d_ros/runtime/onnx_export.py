@@ -303,11 +303,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="BOP detections JSON giving the calibration split's boxes (default: its GT boxes)")
     parser.add_argument("--int8-crops", type=int, default=256, help="at most this many calibration crops")
     args = parser.parse_args(argv)
-    model, card = load_model(args.checkpoint)
+    from pose6d_ros._checks import run_cli
+
+    return run_cli("export_onnx", lambda: _export(args))
+
+
+def _export(args: argparse.Namespace) -> int:
+    """The body of :func:`main` (bad input raises; ``run_cli`` turns it into one line and exit code 2)."""
+    from pose6d_ros._checks import reading
+
+    with reading(args.checkpoint, "checkpoint"):
+        model, card = load_model(args.checkpoint)
     if args.registry is not None:
         from pose6d_ros.registry import ObjectRegistry
 
-        card.check_against(ObjectRegistry.from_yaml(args.registry))
+        with reading(args.registry, "--registry"):
+            card.check_against(ObjectRegistry.from_yaml(args.registry))
     out = export_onnx(model, card, args.output, opset=args.opset, exporter=args.exporter)
     print(f"wrote {out} ({card.backbone}, {card.conditioning}, crop {card.crop_size}, "
           f"objects {list(card.object_names)})")
@@ -318,7 +329,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             source = f"{args.int8_calibration}" + (f" boxes {args.int8_detections}" if args.int8_detections else
                                                    " GT boxes")
         else:
-            crops, index, source = np.load(args.int8_calibration), None, str(args.int8_calibration)
+            with reading(args.int8_calibration, "--int8-calibration"):
+                crops, index, source = np.load(args.int8_calibration), None, str(args.int8_calibration)
         q = quantize_onnx(out, out.with_suffix(".int8.onnx"), crops, index, source=source)
         print(f"wrote {q} (INT8, calibrated on {len(crops)} crops of {source})")
     return 0

@@ -23,8 +23,8 @@ import torch
 from pose6d_ros.training.config import get
 from pose6d_ros.training.trainer import StepSampler
 
-__all__ = ["RunObjects", "build_objects", "build_model", "build_optimizer", "SyntheticSource", "TargetCrops", "CropItem", "items_from_split", "items_from_detections",
-           "diagnostic_eval", "save_run_model"]
+__all__ = ["RunObjects", "build_objects", "build_model", "build_optimizer", "SyntheticSource", "TargetCrops",
+           "CropItem", "items_from_split", "first_per_object", "items_from_detections", "diagnostic_eval", "save_run_model"]
 
 log = logging.getLogger("pose6d_ros.training")
 
@@ -66,10 +66,13 @@ class RunObjects:
 def build_objects(cfg: Dict[str, Any]) -> RunObjects:
     from pose6d_ros.registry import ObjectRegistry
 
+    from pose6d_ros._checks import reading
+
     reg_path = get(cfg, "data.registry")
     if reg_path:
         p = Path(reg_path)
-        registry = ObjectRegistry.from_bop_models_info(p) if p.suffix == ".json" else ObjectRegistry.from_yaml(p)
+        with reading(p, "data.registry"):
+            registry = ObjectRegistry.from_bop_models_info(p) if p.suffix == ".json" else ObjectRegistry.from_yaml(p)
     else:
         from pose6d_ros.data.suites import load_suite_registry
 
@@ -82,9 +85,12 @@ def build_model(cfg: Dict[str, Any], objects: RunObjects, device: torch.device) 
     """Φ from ``init.checkpoint`` (a ``save_model`` file) or from ``model`` config."""
     from pose6d_ros.models import PoseNet, load_model
 
+    from pose6d_ros._checks import reading
+
     ckpt = get(cfg, "init.checkpoint")
     if ckpt:
-        model, card = load_model(ckpt)
+        with reading(ckpt, "init.checkpoint"):
+            model, card = load_model(ckpt)
         if list(card.object_ids) != objects.ids:
             raise ValueError(f"init.checkpoint {ckpt}: trained on objects {list(card.object_ids)}, "
                              f"config data.objects is {objects.ids}")
@@ -145,11 +151,25 @@ class SyntheticSource:
             self._obj = torch.zeros(n, dtype=torch.long)
             self._have = torch.zeros(n, dtype=torch.bool)
             if self.cache_file is not None and self.cache_file.is_file():
-                st = torch.load(self.cache_file, weights_only=True)
-                self._img, self._kp, self._K, self._obj, self._have = (st[k] for k in ("img", "kp", "K", "obj", "have"))
-                log.info("synthetic pool: %d/%d crops from %s", int(self._have.sum()), n, self.cache_file)
+                self._load_pool(n)
 
     CHUNK = 32
+
+    def _load_pool(self, n: int) -> None:
+        """The rendered pool from ``cache_file``; a corrupt or foreign file is only a cache: warn, re-render."""
+        from pose6d_ros._io import safe_torch_load
+
+        try:
+            st = safe_torch_load(self.cache_file, "synthetic pool cache")
+            pool = [st[k] for k in ("img", "kp", "K", "obj", "have")]
+            if any(not isinstance(x, torch.Tensor) or x.shape != y.shape or x.dtype != y.dtype
+                   for x, y in zip(pool, (self._img, self._kp, self._K, self._obj, self._have))):
+                raise RuntimeError(f"synthetic pool cache {self.cache_file}: tensors of other shapes or types")
+        except (RuntimeError, KeyError, TypeError) as e:
+            log.warning("%s; rendering the pool again", e)
+            return
+        self._img, self._kp, self._K, self._obj, self._have = pool
+        log.info("synthetic pool: %d/%d crops from %s", int(self._have.sum()), n, self.cache_file)
 
     def _fetch(self, idx: List[int]) -> Dict[str, torch.Tensor]:
         if not self.cache:
@@ -213,6 +233,8 @@ def items_from_split(split_path: str | Path, obj_ids: Sequence[int], targets_onl
     from pose6d_ros.data.bop import BopDataset
 
     ds = BopDataset(split_path, obj_ids=obj_ids)
+    # the scenes that must be labelled: the targets' (LINEMOD protocol), else all
+    ds.require_labels([int(o) for o in obj_ids] if targets_only else None, info=True)
     out = []
     for inst in ds.instances:
         if targets_only and inst.scene_id != inst.obj_id:
@@ -225,6 +247,17 @@ def items_from_split(split_path: str | Path, obj_ids: Sequence[int], targets_onl
         gt = ds.gt(inst)
         out.append(CropItem(inst.scene_id, inst.im_id, inst.obj_id, tuple(float(v) for v in info.bbox_visib),
                             np.asarray(gt.R, np.float64), np.asarray(gt.t, np.float64).reshape(3)))
+    return out
+
+
+def first_per_object(items: Sequence[CropItem], limit: int) -> List[CropItem]:
+    """The first ``limit`` items of each ``obj_id``, in their original order."""
+    kept: Dict[int, int] = {}
+    out = []
+    for it in items:
+        if kept.get(it.obj_id, 0) < limit:
+            kept[it.obj_id] = kept.get(it.obj_id, 0) + 1
+            out.append(it)
     return out
 
 
@@ -322,11 +355,12 @@ class TargetCrops:
 @torch.no_grad()
 def diagnostic_eval(model: torch.nn.Module, data: Dict[str, torch.Tensor], objects: RunObjects,
                     batch_size: int = 64) -> Dict[str, float]:
-    """Keypoint error (px) and ADD(-S) / 2D-projection recall on a labelled target batch.
+    """Keypoint error (crop px) and ADD(-S) / 2D-projection recall on a labelled target batch
+    (:meth:`TargetCrops.batch`), scored as ``evaluate`` scores (``evaluation.evaluate.score_poses``).
 
     Logged during training to watch drift; it never feeds a loss nor picks checkpoints.
     """
-    from pose6d_ros.evaluation.evaluate import predict_crops
+    from pose6d_ros.evaluation.evaluate import predict_crops, score_poses
 
     was = model.training
     model.eval()
@@ -343,25 +377,13 @@ def diagnostic_eval(model: torch.nn.Module, data: Dict[str, torch.Tensor], objec
     kp_err = ((h - data["keypoints"]) * (S / 2)).norm(dim=-1).mean(-1)  # px, mean over keypoints
     out = {"kp_err_median_px": float(kp_err.median()), "kp_err_mean_px": float(kp_err.mean()),
            "pnp_failed": float(failed.float().mean())}
-    try:
-        from pose6d_ros.geometry import metrics
-    except ImportError:  # metrics module not available: keypoint error only
-        return out
     ok_add, ok_proj = [], []
     for row, oid in enumerate(objects.ids):
         sel = data["object_index"] == row
-        if not bool(sel.any()):
-            continue
-        info = objects.registry.get(oid)
-        pts = torch.as_tensor(info.model_vertices(), dtype=torch.float64)
-        if len(pts) > 500:
-            pts = pts[torch.from_numpy(np.random.default_rng(0).choice(len(pts), 500, replace=False))]
-        fn = metrics.adi if info.is_symmetric else metrics.add
-        e = fn(R[sel].double(), t[sel].double(), data["R"][sel].double(), data["t"][sel].double(), pts)
-        ok_add.append((e < 0.1 * info.diameter) & ~failed[sel])
-        e2 = metrics.proj_error(R[sel].double(), t[sel].double(), data["R"][sel].double(), data["t"][sel].double(),
-                                data["K"][sel].double(), pts)
-        ok_proj.append((e2 < 5.0 * 64.0 / S) & ~failed[sel])  # crop pixels; 5 px at the 64-px scale
+        if bool(sel.any()):  # the scoring of `evaluate` (full-image pixels, ADD-S over all vertices)
+            ok = score_poses(objects.registry.get(oid), R[sel], t[sel], data["R"][sel], data["t"][sel],
+                             data["K_full"][sel], failed[sel])
+            ok_add.append(ok["ADD(-S)"]), ok_proj.append(ok["2D proj 5px"])
     out["add_recall"] = 100.0 * float(torch.cat(ok_add).float().mean())
     out["proj_recall"] = 100.0 * float(torch.cat(ok_proj).float().mean())
     return out

@@ -11,14 +11,19 @@ import numpy as np
 import torch
 import yaml
 
+from pose6d_ros._io import atomic_write_json, atomic_write_text
 from pose6d_ros.training import distributed as du
 from pose6d_ros.training.build import (RunObjects, TargetCrops, build_model, build_objects, build_optimizer,
-                                       diagnostic_eval, items_from_detections, items_from_split, save_run_model)
-from pose6d_ros.training.config import get
+                                       diagnostic_eval, first_per_object, items_from_detections, items_from_split,
+                                       save_run_model)
+from pose6d_ros.training.config import apply_threads, get, require
 from pose6d_ros.training.trainer import (CheckpointHook, EMAHook, EvalHook, HookBase, LoggerHook, StepOutput,
                                          Trainer)
 
-__all__ = ["Run", "cli_main", "first_per_object"]
+__all__ = ["Run", "cli_main", "first_per_object", "RESULT_FILE"]
+
+#: What every trainer leaves in its ``output_dir`` when it finishes (JSON, written atomically).
+RESULT_FILE = "result.json"
 
 log = logging.getLogger("pose6d_ros.training")
 
@@ -49,14 +54,14 @@ class Run:
     def __init__(self, cfg: Dict[str, Any]) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         self.cfg = cfg
+        self.out = Path(require(cfg, "output_dir", " or --output-dir"))  # before any work: no ./runs/default
+        apply_threads(cfg)
         seed = int(get(cfg, "seed", 0))
         random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
         self.device = du.resolve_device(get(cfg, "device", "auto"))
         du.init_distributed(self.device)
-        self.out = Path(get(cfg, "output_dir"))
         if du.is_main():
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
         self.objects: RunObjects = build_objects(cfg)
         self.model = build_model(cfg, self.objects, self.device)
         du.broadcast_parameters(self.model)
@@ -112,7 +117,9 @@ class Run:
     def finish(self, trainer: Trainer, kind: str,
                training: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
         # the model card records how it was trained: the trainer, the whole recipe, and ``training``'s extras
-        """Save ``model.pt`` and, when ``eval.final_test``, print the test table."""
+        """Save ``model.pt``, when ``eval.final_test`` print the test table, and write
+        ``output_dir/result.json`` (model, steps, diagnostics, test table); returns the same with the
+        table as a :class:`RecallTable`."""
         if trainer.step < trainer.max_steps:
             return None
         if du.is_distributed():
@@ -126,7 +133,9 @@ class Run:
                               {"kind": kind, "steps": trainer.step, "output_dir": str(self.out)},
                               training={"kind": kind, "recipe": self.cfg, **(training or {})})
         log.info("wrote %s", path)
-        result: Dict[str, Any] = {"model": str(path), "diag": trainer.state.get("eval", [])}
+        result: Dict[str, Any] = {"kind": kind, "model": str(path), "checkpoint": str(trainer.checkpoint_path),
+                                  "steps": trainer.step, "skipped_steps": trainer.skipped_steps,
+                                  "diag": trainer.state.get("eval", [])}
         if get(self.cfg, "eval.final_test", False) and self.test_split.is_dir():
             from pose6d_ros.evaluation.evaluate import predict_split, score_predictions, write_outputs
             from pose6d_ros.evaluation.tables import format_markdown
@@ -141,28 +150,30 @@ class Run:
             write_outputs(table, preds, self.out / "eval", dataset=self.root.resolve().name)
             print(format_markdown(table, f"{kind} on {self.test_split}"), flush=True)
             result["table"] = table
+        doc = {k: v for k, v in result.items() if k != "table"}
+        if "table" in result:
+            doc["test"] = {"split": str(self.test_split), **result["table"].to_dict()}
+        result["result_file"] = str(atomic_write_json(self.out / RESULT_FILE, doc))
         return result
 
 
-def first_per_object(items: Sequence[Any], limit: int) -> List[Any]:
-    """The first ``limit`` items of each ``obj_id``, in their original order."""
-    kept: Dict[int, int] = {}
-    out = []
-    for it in items:
-        if kept.get(it.obj_id, 0) < limit:
-            kept[it.obj_id] = kept.get(it.obj_id, 0) + 1
-            out.append(it)
-    return out
-
-
-def cli_main(prog: str, description: str, train: Callable[..., Any], argv=None) -> Any:
-    """The body of every trainer's console script: recipe + ``--set`` overrides, ``--resume``, clean teardown."""
+def cli_main(prog: str, description: str, train: Callable[..., Any], argv=None) -> int:
+    """The body of every trainer's console script: recipe + ``--set`` overrides, ``--resume``, clean
+    teardown; exit code 0 on success, 2 with one line naming the file or key on bad input
+    (``_checks.run_cli``). The result is printed and left in ``output_dir/result.json``."""
     import argparse
 
+    from pose6d_ros._checks import run_cli
     from pose6d_ros.training.config import add_common_args, config_from_args
 
     args = add_common_args(argparse.ArgumentParser(prog=prog, description=description)).parse_args(argv)
-    try:
-        return train(config_from_args(args), resume=args.resume)
-    finally:
-        du.cleanup()
+
+    def body() -> None:
+        try:
+            result = train(config_from_args(args), resume=args.resume)
+        finally:
+            du.cleanup()
+        if result is not None:
+            print(f"model: {result['model']} ({result['steps']} steps)\nresult: {result['result_file']}", flush=True)
+
+    return run_cli(prog, body)

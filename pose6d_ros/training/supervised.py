@@ -51,10 +51,10 @@ def train(cfg: Dict[str, Any], resume: bool = False) -> Optional[Dict[str, Any]]
     return run.finish(trainer, f"supervised-{source}")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:
-    """Console script ``train_supervised``."""
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console script ``train_supervised``: exit code 0, or 2 with one line on bad input."""
     return cli_main("train_supervised", __doc__.split("\n")[0], train, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

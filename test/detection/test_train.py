@@ -66,3 +66,20 @@ def test_cli_writes_resumes_and_rejects_other_objects(tiny_checkpoint, tmp_path,
     other.write_text(OBJECTS.read_text().replace("name: duck", "name: goose"))
     assert main(["--objects", str(other), "--out", str(out), "--steps", "4", "--resume", *TINY]) == 2
     assert "duck" in capsys.readouterr().err
+
+
+def test_cli_result_file_and_bad_checkpoint(tiny_checkpoint, tmp_path, capsys, objects_yaml, tiny_args):
+    """The run leaves ``<out stem>.result.json``; resuming from a truncated checkpoint is one line
+    naming it and exit code 2 (not a traceback)."""
+    import json
+
+    from pose6d_ros.detection.train import result_path
+
+    res = json.loads(result_path(tiny_checkpoint).read_text())
+    assert res["checkpoint"] == str(tiny_checkpoint) and res["step"] == 2
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(tiny_checkpoint.read_bytes()[:1000])
+    capsys.readouterr()
+    assert main(["--objects", str(objects_yaml), "--out", str(bad), "--steps", "3", "--resume", *tiny_args]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and str(bad) in err[0], err

@@ -117,3 +117,30 @@ def test_recalls_and_bad_shapes():
         M.add(torch.eye(3)[None], torch.zeros(1, 3), torch.eye(3)[None], torch.zeros(1, 3), torch.zeros(5, 2))
     with pytest.raises(ValueError, match="batch"):
         M.add(torch.eye(3)[None], torch.zeros(2, 3), torch.eye(3)[None], torch.zeros(1, 3), torch.zeros(5, 3))
+
+
+def test_adi_searches_all_points_when_the_queries_are_a_subsample():
+    """``query`` subsamples the averaged points only: each one's nearest neighbour is found among
+    ALL model points (brute force reference), whatever ``R_est`` (a rotation, or not: then the
+    estimate's points are searched directly, as bop_toolkit does); a non-finite pose gives inf."""
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(3)
+    pts = rng.normal(size=(600, 3)) * 0.04
+    q_idx = rng.choice(600, 50, replace=False)
+    B = 5
+    R_gt, R_est = Rotation.random(B, random_state=4).as_matrix(), Rotation.random(B, random_state=5).as_matrix()
+    R_est[4] *= 1.1  # not a rotation
+    t_gt = rng.normal(size=(B, 3)) * 0.02 + [0, 0, 0.6]
+    t_est = t_gt + rng.normal(size=(B, 3)) * 0.01
+    ref_all = [cdist(pts @ R_gt[b].T + t_gt[b], pts @ R_est[b].T + t_est[b]).min(1).mean() for b in range(B)]
+    ref_sub = [cdist(pts[q_idx] @ R_gt[b].T + t_gt[b], pts @ R_est[b].T + t_est[b]).min(1).mean() for b in range(B)]
+    to = torch.from_numpy
+    args = (to(R_est), to(t_est), to(R_gt), to(t_gt), to(pts))
+    np.testing.assert_allclose(M.adi(*args).numpy(), ref_all, rtol=1e-9)
+    np.testing.assert_allclose(M.adi(*args, query=to(pts[q_idx])).numpy(), ref_sub, rtol=1e-9)
+    t_nan = t_est.copy()
+    t_nan[1] = np.nan
+    e = M.adi(to(R_est), to(t_nan), to(R_gt), to(t_gt), to(pts))
+    assert torch.isinf(e[1]) and torch.isfinite(e[[0, 2, 3, 4]]).all()
+    assert M.adi(*(a[:0] for a in args[:4]), to(pts)).shape == (0,)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torchvision.models  # noqa: F401  (import before OSMesa is loaded by the suite build: importing it after segfaults)
@@ -33,24 +35,26 @@ def _common(root, out):
 @pytest.mark.slow
 def test_supervised_selfsup_evaluate(tiny_suite, tmp_path):
     syn = tmp_path / "syn"
-    res = supervised_main(_common(tiny_suite, syn) + ["--set", "optim.max_steps=3", "--set", "optim.lr=1e-3"])
+    assert supervised_main(_common(tiny_suite, syn) + ["--set", "optim.max_steps=3", "--set", "optim.lr=1e-3"]) == 0
     assert (syn / "model.pt").is_file() and (syn / "last.pt").is_file()
-    assert sum(res["table"].counts.values()) == 6
+    res = json.loads((syn / "result.json").read_text())
+    assert res["test"]["counts"] == {"duck": 6}  # eval.test_limit, per object
     assert (syn / "eval" / "results.md").is_file() and len(list((syn / "eval").glob("pose6d_*-test.csv"))) == 1
     assert any((syn / "tb").iterdir())
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1  # the synthetic pool, shared with later runs
 
     real = tmp_path / "real"
-    supervised_main(_common(tiny_suite, real) + ["--set", "optim.max_steps=2", "--set", "supervised.source=real",
-                                                 "--set", f"init.checkpoint={syn / 'model.pt'}"])
+    assert supervised_main(_common(tiny_suite, real) + ["--set", "optim.max_steps=2", "--set", "supervised.source=real",
+                                                        "--set", f"init.checkpoint={syn / 'model.pt'}"]) == 0
     assert (real / "model.pt").is_file()
 
     ss = tmp_path / "ss"
-    res = selfsup_main(_common(tiny_suite, ss) + ["--set", "optim.max_steps=2", "--set", f"init.checkpoint={syn / 'model.pt'}",
-                                                  "--set", "init.freeze_early_stages=2", "--set", "init.freeze_early_steps=1",
-                                                  "--set", "selfsup.render.max_faces=300", "--set", "eval.period=1",
-                                                  "--set", "init.adapt_bn_epochs=1", "--set", "init.adapt_bn_batch=2",
-                                                  "--set", "selfsup.ema_teacher=0.9"])
+    ss_args = ["--set", "optim.max_steps=2", "--set", f"init.checkpoint={syn / 'model.pt'}",
+               "--set", "init.freeze_early_stages=2", "--set", "init.freeze_early_steps=1",
+               "--set", "selfsup.render.max_faces=300", "--set", "eval.period=1",
+               "--set", "init.adapt_bn_epochs=1", "--set", "init.adapt_bn_batch=2", "--set", "selfsup.ema_teacher=0.9"]
+    assert selfsup_main(_common(tiny_suite, ss) + ss_args) == 0
+    res = json.loads((ss / "result.json").read_text())
     from pose6d_ros.models import load_model
 
     # BN is frozen during the loop (init.freeze_bn), so only the adaptation to the real crops moves its statistics
@@ -58,16 +62,16 @@ def test_supervised_selfsup_evaluate(tiny_suite, tmp_path):
                 for p in (syn / "model.pt", ss / "model.pt")]
     assert bn_stats[0].keys() == bn_stats[1].keys() and bn_stats[0]
     assert all(not torch.allclose(bn_stats[0][k], bn_stats[1][k]) for k in bn_stats[0])
-    extra = torch.load(ss / "last.pt", weights_only=False)["extra"]
+    extra = torch.load(ss / "last.pt", weights_only=True)["extra"]  # tensors and plain data only
     # the EMA teacher (h1) starts from the adapted model, not from the synthetic statistics
     assert all(torch.allclose(extra["teacher"]["module." + k], bn_stats[1][k], atol=1e-6) for k in bn_stats[1])
     hist = extra["history"]
     assert len(hist) == 2 and all(torch.isfinite(torch.tensor(h["total"])) for h in hist)
     assert len(res["diag"]) >= 2 and "kp_err_median_px" in res["diag"][0]
 
-    table = evaluate_main(["--model", str(ss / "model.pt"), "--split", str(tiny_suite / "test"),
-                           "--registry", str(tiny_suite / "objects.yaml"), "--limit", "5", "--out", str(tmp_path / "ev")])
-    assert sum(table.counts.values()) == 5
+    assert evaluate_main(["--model", str(ss / "model.pt"), "--split", str(tiny_suite / "test"), "--registry",
+                          str(tiny_suite / "objects.yaml"), "--limit", "5", "--out", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "result.json").read_text())["counts"] == {"duck": 5}
     assert (tmp_path / "ev" / "results.csv").read_text().startswith("object,n,ADD(-S),2D proj 5px")
 
 
