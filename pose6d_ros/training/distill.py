@@ -51,7 +51,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -105,7 +105,8 @@ class DistillSettings:
         d = merge(DISTILL_DEFAULTS, d)
         w = dict(d["weights"] or {})
         if set(w) - {"kd", "hint"}:
-            raise ValueError(f"distill.weights: unknown key(s) {sorted(set(w) - {'kd', 'hint'})}; known: ['hint', 'kd']")
+            raise ValueError(f"distill.weights: unknown key(s) {sorted(set(w) - {'kd', 'hint'})}; "
+                             "known: ['hint', 'kd']")
         s = cls(loss=str(d["loss"]), hint=bool(d["hint"]), w_kd=float(w.get("kd", 1.0)),
                 w_hint=float(w.get("hint", 1.0)), synthetic=bool(d["synthetic"]), real=str(d["real"]),
                 color_aug=bool(d["color_aug"]))

@@ -119,11 +119,10 @@ def masked_mean(values: torch.Tensor, mask: Optional[torch.Tensor] = None) -> to
 class HintAdapters(nn.Module):
     r"""The adapters Ψ_t of Eq. 6: one 1×1 convolution per teacher (object), training only.
 
-    Sample ``i`` goes through the adapter of its own teacher, ``object_index[i]``; the N adapters are
-    stored as one ``(N, C_s, C_t)`` weight table and applied to the whole batch by a gather and one
-    batched matrix product (the same as running each sample through its teacher's ``Conv2d(C_t, C_s,
-    1)``). They live beside the student in training (:class:`pose6d_ros.training.distill.DistillModel`)
-    and are never part of the exported network.
+    Sample ``i`` goes through the adapter of its own teacher, ``object_index[i]``: the same as running
+    it through that teacher's ``Conv2d(C_t, C_s, 1)``. The N adapters are stored as one
+    ``(N, C_s, C_t)`` weight table and ``(N, C_s)`` biases. They live beside the student in training
+    (:class:`pose6d_ros.training.distill.DistillModel`) and are never part of the exported network.
 
     Args:
         num_teachers: N, one adapter per object (model row).
@@ -145,7 +144,8 @@ class HintAdapters(nn.Module):
         if num_teachers < 1 or teacher_channels < 1 or student_channels < 1:
             raise ValueError(f"HintAdapters: need positive sizes, got {num_teachers}, {teacher_channels}, "
                              f"{student_channels}")
-        self.num_teachers, self.teacher_channels, self.student_channels = num_teachers, teacher_channels, student_channels
+        self.num_teachers = num_teachers
+        self.teacher_channels, self.student_channels = teacher_channels, student_channels
         weight = torch.empty(num_teachers, student_channels, teacher_channels)
         bias = torch.zeros(num_teachers, student_channels)
         if teacher_channels == student_channels:
@@ -162,11 +162,16 @@ class HintAdapters(nn.Module):
         check_shape(features, ("B", self.teacher_channels, "H", "W"), "teacher features")
         check_shape(object_index, ("B",), "object_index")
         check_same_batch(("teacher features", features), ("object_index", object_index))
-        w = self.weight[object_index].to(features.dtype)  # (B, C_s, C_t)
-        b = self.bias[object_index].to(features.dtype)  # (B, C_s)
         B, _, H, W = features.shape
-        out = torch.bmm(w, features.reshape(B, self.teacher_channels, H * W)) + b[:, :, None]
-        return out.reshape(B, self.student_channels, H, W)
+        # Samples sorted by teacher, one matrix product per teacher present (at most N): gathering a
+        # (C_s, C_t) weight per sample instead cost 7x more at B = 32, C = 576 (0.15 s vs 0.02 s per
+        # forward + backward + Adam step on one core).
+        order = torch.argsort(object_index, stable=True)
+        counts = torch.bincount(object_index, minlength=self.num_teachers).tolist()
+        chunks = torch.split(features.reshape(B, self.teacher_channels, H * W)[order], counts)
+        out = torch.cat([torch.matmul(self.weight[n].to(features.dtype), x) + self.bias[n].to(features.dtype)[:, None]
+                         for n, x in enumerate(chunks) if len(x)])
+        return out[torch.argsort(order)].reshape(B, self.student_channels, H, W)
 
     def extra_repr(self) -> str:
         return f"num_teachers={self.num_teachers}, {self.teacher_channels} -> {self.student_channels}, 1x1"

@@ -8,7 +8,6 @@ layer's bias is set so the two teachers predict clearly different keypoints.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from pathlib import Path
 
@@ -59,7 +58,8 @@ def root(tmp_path_factory, registry):
 def _cfg(root: Path, out: Path, *overrides: str):
     return load_config(None, [
         f"data.root={root}", f"data.objects={list(OBJECTS)}", f"data.crop_size={S}",
-        "model.backbone=mobilenet_v3_small", "model.conditioning=cin", "model.head_pool=2", "data.synthetic_per_object=16",
+        "model.backbone=mobilenet_v3_small", "model.conditioning=cin", "model.head_pool=2",
+        "data.synthetic_per_object=16",
         "data.batch_size=4", "data.synthetic_batch_size=4", "data.synthetic_cache_dir=", "log.progress=false",
         "log.tensorboard=false", "optim.lr=1e-3", "optim.max_steps=6", "checkpoint.period=2", "init.freeze_bn=false",
         f"output_dir={out}", f"distill.teachers={root}/teachers/{{id}}/model.pt", *overrides])
@@ -248,7 +248,8 @@ def test_cli_with_the_tiny_recipe(root, tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (("distill.teachers={1: nowhere.pt}",), r"no teacher for object 2 \(teddy\)"),
-    (("distill.teachers=TEACHER1",), r"distill.teachers\[2\] \(teddy\).*objects \[1\], expected the single object \[2\]"),
+    (("distill.teachers=TEACHER1",),
+     r"distill.teachers\[2\] \(teddy\).*objects \[1\], expected the single object \[2\]"),
     (("distill.teachers=",), "distill.teachers: not set"),
     (("distill.loss=kl",), "distill.loss must be one of"),
     (("distill.hints=true",), r"distill: unknown key\(s\) \['hints'\]"),
