@@ -90,10 +90,14 @@ def build_detector(num_classes: int, *, arch: str = ARCHS[0], min_size: int = 24
     model.roi_heads.box_head = TwoMLPHead(channels * resolution ** 2, box_head_dim)
     model.roi_heads.box_predictor = FastRCNNPredictor(box_head_dim, num_classes)
     if backbone_weights is not None:
+        from pose6d_ros._io import safe_torch_load
+
         path = Path(backbone_weights)
         if not path.is_file():
             raise FileNotFoundError(f"build_detector: backbone_weights file not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_torch_load(path, "backbone weights")
+        if not isinstance(state, dict):
+            raise ValueError(f"build_detector: {path}: expected a state dict, got {type(state).__name__}")
         missing, unexpected = model.backbone.body.load_state_dict(state, strict=False)
         if len(unexpected) == len(state):
             raise ValueError(f"build_detector: {path}: no tensor matches the {arch} backbone")

@@ -117,6 +117,14 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path):
     assert not marker.exists()
 
 
+def test_corrupt_backbone_weights_name_the_file(tmp_path):
+    bad = tmp_path / "backbone.pth"
+    bad.write_bytes(b"PK\x03\x04" + bytes(64))
+    with pytest.raises(RuntimeError, match="backbone.pth") as info:
+        build_detector(3, min_size=96, max_size=128, box_head_dim=64, backbone_weights=bad)
+    assert "\n" not in str(info.value)
+
+
 def test_checkpoint_mode_follows_the_umask(tmp_path):
     import os
 
