@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pose6d_ros._checks import check_same_batch, check_shape
-from pose6d_ros._io import atomic_write
+from pose6d_ros._io import atomic_write, safe_torch_load
 from pose6d_ros.models.backbones import build_backbone
 from pose6d_ros.models.conditioning import (
     ConditionalInstanceNorm,
@@ -339,17 +339,35 @@ def save_model(path: Union[str, os.PathLike], model: PoseNet, card: ModelCard) -
     _atomic_write(Path(path), lambda f: torch.save(payload, f))
 
 
+class ModelLoadError(ValueError):
+    """A model file that cannot be used: truncated, corrupt, empty, of another format, or refused
+    (it holds more than tensors and plain data). The message is one line naming the file."""
+
+
 def load_model(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu") -> Tuple[PoseNet, ModelCard]:
-    """Read a checkpoint written by :func:`save_model`; returns ``(model in eval mode, card)``."""
+    """Read a checkpoint written by :func:`save_model`; returns ``(model in eval mode, card)``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ModelLoadError: naming the file, for anything else that keeps it from loading.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model checkpoint {path} does not exist")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        payload = safe_torch_load(path, "model checkpoint", map_location=map_location)
+    except RuntimeError as e:  # one line naming the file already
+        raise ModelLoadError(str(e)) from e
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
-    model = PoseNet.from_config(payload["config"])
-    model.load_state_dict(payload["state_dict"])
-    return model.to(map_location).eval(), ModelCard.from_json(payload["card"])
+        raise ModelLoadError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
+    try:
+        model = PoseNet.from_config(payload["config"])
+        model.load_state_dict(payload["state_dict"])
+        card = ModelCard.from_json(payload["card"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a damaged or hand-edited payload
+        detail = " ".join(str(e).split())[:300]
+        raise ModelLoadError(f"model checkpoint {path}: damaged ({type(e).__name__}: {detail})") from e
+    return model.to(map_location).eval(), card
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -12,7 +12,6 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict
 
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -24,7 +23,7 @@ from pose6d_ros.registry import ObjectRegistry, RegistryError
 from pose6d_ros.ros import conversions as conv
 from pose6d_ros.ros.spin import spin_node
 from pose6d_ros.ros.estimator_node import ThrottledWarnings
-from pose6d_ros.ros.params import ParameterError, ParamSpec, validate_schema
+from pose6d_ros.ros.params import ParameterError, ParamSpec, declare_parameters, validate_schema
 
 DETECTOR_PARAMS: Dict[str, ParamSpec] = {
     "model": ParamSpec("", "Path to the detector checkpoint (.pt) written by train_detector"),
@@ -60,9 +59,7 @@ def validate_detector_params(values: Dict[str, Any]) -> DetectorParams:
 class DetectorNode(Node):
     def __init__(self, **kwargs):
         super().__init__("pose6d_detector", **kwargs)
-        for name, spec in DETECTOR_PARAMS.items():
-            self.declare_parameter(name, spec.default, ParameterDescriptor(description=spec.description))
-        p = self.params = validate_detector_params({n: self.get_parameter(n).value for n in DETECTOR_PARAMS})
+        p = self.params = validate_detector_params(declare_parameters(self, DETECTOR_PARAMS))
         self.registry = ObjectRegistry.from_yaml(p.objects)
         self.detector = Detector.from_file(p.model, p.device, min_score=p.min_score,
                                            expect_names=self.registry.names)

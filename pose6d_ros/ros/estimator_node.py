@@ -18,9 +18,9 @@ from collections import Counter
 from typing import Dict, List, Optional
 
 import numpy as np
+import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
@@ -34,9 +34,9 @@ from pose6d_ros.ros import conversions as conv
 from pose6d_ros.ros.diagnostics import (FRAME_SKIP_REASONS, INPUTS, NODE_DETECTION_REASONS, Counters, build_report,
                                         report_snapshot, to_message)
 from pose6d_ros.ros.pairing import FramePairer, Pair, stamp_ns
-from pose6d_ros.ros.params import ESTIMATOR_PARAMS, EstimatorParams, ParameterError, validate
-from pose6d_ros.ros.spin import spin_node
-from pose6d_ros.runtime.backends import set_thread_counts
+from pose6d_ros.ros.params import ESTIMATOR_PARAMS, EstimatorParams, ParameterError, declare_parameters, validate
+from pose6d_ros.ros.spin import one_line, spin_node
+from pose6d_ros.runtime.backends import check_cuda, resolve_backend, set_thread_counts
 from pose6d_ros.runtime.estimator import SKIP_REASONS, Estimator
 from pose6d_ros.runtime.visualize import draw_boxes
 
@@ -67,12 +67,17 @@ class ThrottledWarnings:
 class EstimatorNode(Node):
     def __init__(self, **kwargs):
         super().__init__("pose6d_estimator", **kwargs)
-        for name, spec in ESTIMATOR_PARAMS.items():
-            self.declare_parameter(name, spec.default, ParameterDescriptor(description=spec.description))
-        values = {name: self.get_parameter(name).value for name in ESTIMATOR_PARAMS}
-        self.params: EstimatorParams = validate(values)
+        self.params: EstimatorParams = validate(declare_parameters(self, ESTIMATOR_PARAMS))
         p = self.params
-        self.registry = ObjectRegistry.from_yaml(p.objects)
+        try:
+            self.registry = ObjectRegistry.from_yaml(p.objects)
+        except yaml.YAMLError as e:
+            raise ParameterError(f"parameter 'objects': {p.objects} is not valid YAML: {one_line(e)}") from e
+        if p.device == "cuda":
+            try:
+                check_cuda(resolve_backend(p.model, p.backend), name="parameter 'device'")
+            except ValueError as e:
+                raise ParameterError(str(e)) from e
         set_thread_counts(p.num_threads)
         self.estimator = Estimator(p.model, self.registry, backend=p.backend, device=p.device,
                                    min_score=p.min_score, intra_op_threads=p.num_threads,
@@ -256,8 +261,9 @@ class EstimatorNode(Node):
 
 
 def main(args=None) -> int:
-    # start-up errors: bad parameters, a missing or mismatched model
-    return spin_node(EstimatorNode, "pose6d_estimator", (ParameterError, ValueError, OSError, KeyError), args)
+    # start-up errors: bad parameters (ParameterError), a missing file (OSError), a corrupt model
+    # (ModelLoadError) or one that does not match the registry (ValueError), a bad registry (RegistryError)
+    return spin_node(EstimatorNode, "pose6d_estimator", (ValueError, OSError, KeyError), args)
 
 
 if __name__ == "__main__":

@@ -121,6 +121,21 @@ def validate_schema(schema: Dict[str, ParamSpec], values: Dict[str, Any], record
     return record(**{f.name: out[f.name] for f in fields(record)})
 
 
+def declare_parameters(node, schema: Dict[str, ParamSpec]) -> Dict[str, Any]:
+    """Declare every parameter of ``schema`` on the rclpy ``node``; returns their values by name.
+
+    Dynamically typed: rclpy would fix each parameter's type from its default and refuse an int given
+    for a double (``-p min_score:=1``) with ``InvalidParameterTypeException``, before
+    :func:`validate_schema` could take it as 1.0. Types are checked there instead, naming the parameter.
+    """
+    from rcl_interfaces.msg import ParameterDescriptor
+
+    for name, spec in schema.items():
+        node.declare_parameter(name, spec.default,
+                               ParameterDescriptor(description=spec.description, dynamic_typing=True))
+    return {name: node.get_parameter(name).value for name in schema}
+
+
 def validate(values: Dict[str, Any]) -> EstimatorParams:
     """The estimator node's parameters (`ESTIMATOR_PARAMS`) as a typed record."""
     params = validate_schema(ESTIMATOR_PARAMS, values, EstimatorParams)

@@ -14,6 +14,7 @@ implementations:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Optional, Protocol, Sequence, Union, runtime_checkable
 
@@ -24,7 +25,7 @@ from pose6d_ros._checks import check_same_batch, check_shape
 from pose6d_ros.data.crops import CropBatch
 from pose6d_ros.geometry.camera import CameraModel, crop_affine, distort_points, pixels_to_normalized
 from pose6d_ros.geometry.keypoints import transform_points
-from pose6d_ros.models.pose_net import ModelCard, PoseNet, load_model
+from pose6d_ros.models.pose_net import ModelCard, ModelLoadError, PoseNet, load_model
 
 #: ONNX Runtime execution providers in order of preference.
 ORT_PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -149,7 +150,9 @@ class OnnxPredictor:
         cache_dir: where TensorRT keeps its engine cache (default: next to the model).
 
     Raises:
-        FileNotFoundError / ValueError naming the file if it is missing or carries no model card.
+        FileNotFoundError: no such file.
+        ModelLoadError: naming the file, if ONNX Runtime cannot load it (empty, truncated, corrupt)
+            or it carries no model card.
     """
 
     def __init__(
@@ -176,10 +179,21 @@ class OnnxPredictor:
                                 "trt_fp16_enable": False})
             else:
                 options.append({})
-        self.session = ort.InferenceSession(str(path), sess_options=default_session_options(intra_op_threads),
-                                            providers=chosen, provider_options=options)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=default_session_options(intra_op_threads),
+                                                providers=chosen, provider_options=options)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own types (InvalidProtobuf, InvalidArgument, Fail)
+            # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from m.onnx failed:Protobuf parsing failed.",
+            # or "... failed:/onnxruntime_src/.../model.cc:256 onnxruntime::Model::Model(...) Unsupported ..."
+            detail = " ".join(str(e).split()).split(" failed:", 1)[-1]
+            detail = re.sub(r"^/\S+:\d+ [^ (]+\(.*?\) ", "", detail)[:300]
+            raise ModelLoadError(f"ONNX model {path}: cannot be loaded (empty, truncated or not ONNX?): "
+                                 f"{detail}") from e
         self.providers = self.session.get_providers()
-        self.card = card_from_metadata(self.session.get_modelmeta().custom_metadata_map, str(path))
+        try:
+            self.card = card_from_metadata(self.session.get_modelmeta().custom_metadata_map, str(path))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelLoadError(" ".join(str(e).split())) from e
         on_gpu = self.providers[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
         # Outputs come back as host arrays either way; the device only says where crops are made.
         self.device = torch.device("cuda" if on_gpu and _gpu_visible() else "cpu")
@@ -240,19 +254,51 @@ def make_predictor(
     Args:
         model: a checkpoint (``save_model``, ``.pt``) or an ONNX file (``.onnx``).
         backend: ``"torch"``, ``"onnxruntime"`` or ``"auto"`` (by file extension).
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"`` (CUDA when usable, else the CPU), ``"cpu"`` or ``"cuda"`` (CUDA or a
+            ``ValueError``: see :func:`check_cuda`).
         providers: ONNX Runtime providers (overrides the choice by ``device``).
         intra_op_threads: ONNX Runtime intra-op threads (0: its default).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ModelLoadError: the file cannot be loaded (names it).
+        ValueError: a bad ``backend``, or ``device="cuda"`` without a usable CUDA device.
     """
     path = Path(model)
-    if backend == "auto":
-        backend = "onnxruntime" if path.suffix.lower() == ".onnx" else "torch"
+    backend = resolve_backend(path, backend)
+    if device == "cuda" and not providers:
+        check_cuda(backend)
     if backend == "onnxruntime":
         return OnnxPredictor(path, device=device, providers=providers, intra_op_threads=intra_op_threads)
-    if backend == "torch":
-        if path.suffix.lower() == ".onnx":
-            raise ValueError(f"{path}: the torch backend needs a checkpoint (.pt), not an ONNX file")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        return TorchPredictor.from_checkpoint(path, device)
-    raise ValueError(f"backend must be 'auto', 'torch' or 'onnxruntime', got {backend!r}")
+    if path.suffix.lower() == ".onnx":
+        raise ValueError(f"{path}: the torch backend needs a checkpoint (.pt), not an ONNX file")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return TorchPredictor.from_checkpoint(path, device)
+
+
+def resolve_backend(model: Union[str, os.PathLike], backend: str = "auto") -> str:
+    """``"torch"`` or ``"onnxruntime"``: ``backend``, or for ``"auto"`` the one the file's extension calls for."""
+    if backend == "auto":
+        return "onnxruntime" if Path(model).suffix.lower() == ".onnx" else "torch"
+    if backend not in ("torch", "onnxruntime"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'onnxruntime', got {backend!r}")
+    return backend
+
+
+def check_cuda(backend: str, name: str = "device") -> None:
+    """Raise ``ValueError`` (``name`` first) unless ``backend`` (``"torch"``/``"onnxruntime"``) can run
+    on CUDA here.
+
+    ``device="cuda"`` is a request, not a preference: silently running on the CPU instead would hide
+    a misconfigured robot (wrong driver, CPU-only wheel) behind a slow node. ``"auto"`` falls back.
+    """
+    if not torch.cuda.is_available():
+        raise ValueError(f"{name}: 'cuda' requested, but no CUDA device is usable here "
+                         f"(torch.cuda.is_available() is False); use 'cpu'")
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        if not any(p in ort.get_available_providers() for p in ORT_PROVIDER_PREFERENCE[:2]):
+            raise ValueError(f"{name}: 'cuda' requested, but this onnxruntime has no CUDA or TensorRT provider "
+                             f"(available: {ort.get_available_providers()}); install onnxruntime-gpu or use 'cpu'")
