@@ -1,4 +1,5 @@
-"""Training of Φ: losses (Eq. 1-3), the trainer with hooks, supervised and self-supervised entry scripts.
+"""Training of Φ: losses (Eq. 1-3, 5-7), the trainer with hooks, supervised, self-supervised and
+distillation entry scripts.
 
 Modules:
     losses        pure loss functions (Huber, L_pose, L_pose2, L_sup, L_percep, mask blend, Eq. 3)
@@ -12,6 +13,8 @@ Modules:
     runner        what the two entry scripts share
     supervised    ``train_supervised`` (synthetic-only baseline, real-label upper bound)
     selfsup       ``train_selfsup``
+    distill_losses  upper-bounded KD (Eq. 5), KD* (Eq. 7), hint training (Eq. 6) and its 1x1 adapters
+    distill       ``distill``: a conditioned student from per-object teachers (Sec. 3.3-3.4)
 """
 
 from pose6d_ros.training.losses import (
