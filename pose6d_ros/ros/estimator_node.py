@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections import Counter
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import yaml
@@ -33,7 +33,7 @@ from pose6d_ros.registry import ObjectRegistry
 from pose6d_ros.ros import conversions as conv
 from pose6d_ros.ros.diagnostics import (FRAME_SKIP_REASONS, INPUTS, NODE_DETECTION_REASONS, Counters, build_report,
                                         report_snapshot, to_message)
-from pose6d_ros.ros.pairing import FramePairer, Pair, stamp_ns
+from pose6d_ros.ros.pairing import CameraSync, FramePairer, Pair, stamp_ns
 from pose6d_ros.ros.params import ESTIMATOR_PARAMS, EstimatorParams, ParameterError, declare_parameters, validate
 from pose6d_ros.ros.spin import one_line, spin_node
 from pose6d_ros.runtime.backends import check_cuda, resolve_backend, set_thread_counts
@@ -83,7 +83,8 @@ class EstimatorNode(Node):
                                    min_score=p.min_score, intra_op_threads=p.num_threads,
                                    min_box_px=p.min_box_px, depth_range=(p.min_depth_m, p.max_depth_m))
         self.warnings = ThrottledWarnings(self.get_logger(), p.warn_throttle_s)
-        self.camera: Optional[CameraModel] = None
+        self.cameras: CameraSync[CameraModel] = CameraSync(max_count=64)
+        self._held: List[Tuple[float, Pair]] = []  # (deadline, frame) waiting for their camera_info
         self.counters = Counters()
         self.pairer = FramePairer(p.sync, round(p.sync_tolerance_s * 1e9), p.cache_size, int(p.cache_max_mb * 2**20))
         self._detection_reasons = [*SKIP_REASONS, *NODE_DETECTION_REASONS]
@@ -107,6 +108,8 @@ class EstimatorNode(Node):
         self.hardware_id = f"{p.device}:{os.path.basename(p.model)}"
         self._report_from = (time.monotonic(), report_snapshot(self.counters, self.pairer))
         self.create_timer(p.diagnostics_period_s, self._guard(self._report))
+        if p.camera_info_wait_s > 0:
+            self.create_timer(min(0.1, p.camera_info_wait_s / 2), self._guard(self._release_expired))
         self.get_logger().info(
             f"pose estimator ready: model={p.model} backend={type(self.estimator.predictor).__name__} "
             f"device={p.device} objects={list(self.registry.names)}; listening on {self.topics['image']}, "
@@ -132,30 +135,37 @@ class EstimatorNode(Node):
         try:
             camera = conv.camera_info_to_model(msg)
             check_plausible(camera)
-            self.camera = camera
         except ValueError as e:  # MessageError, or an implausible K
             self.counters.camera_info_rejected += 1
             self.warnings.warn("invalid_camera_info", f"{e}; keeping the previous camera model")
+            return
+        self.cameras.add(stamp_ns(msg.header.stamp), camera)
+        if self._held:
+            self._release_held(time.monotonic())
 
     def _on_image(self, msg: Image) -> None:
         self.counters.received["image"] += 1
         pair = self.pairer.add_image(msg, stamp_ns(msg.header.stamp), len(msg.data), time.monotonic())
         if pair is not None:
-            self._process(pair)
+            self._on_pair(pair)
 
     def _on_detections(self, msg: Detection2DArray) -> None:
         self.counters.received["detections"] += 1
         nbytes = _DETECTION_BYTES * (1 + len(msg.detections))
         pair = self.pairer.add_detections(msg, stamp_ns(msg.header.stamp), nbytes, time.monotonic())
         if pair is not None:
-            self._process(pair)
+            self._on_pair(pair)
+
+    def _release_expired(self) -> None:
+        if self._held:
+            self._release_held(time.monotonic())
 
     def _report(self) -> None:
         """Publish /diagnostics and warn about what keeps frames from being published."""
         now = time.monotonic()
         since, previous = self._report_from
         report = build_report(self.get_name(), self.topics, self.counters, previous, now - since, self.pairer, now,
-                              self.camera is not None, 0, self._detection_reasons,
+                              self.cameras.latest is not None, len(self._held), self._detection_reasons,
                               self.params.sync_tolerance_s, self.pairer.max_bytes)
         self._report_from = (now, report_snapshot(self.counters, self.pairer))
         self.pub_diagnostics.publish(to_message(report, self.get_clock().now().to_msg(), self.hardware_id))
@@ -163,10 +173,34 @@ class EstimatorNode(Node):
             self.warnings.warn(kind, text)
 
     # -- one frame -----------------------------------------------------------------------------
-    def _process(self, pair: Pair) -> None:
+    def _on_pair(self, pair: Pair) -> None:
+        """Process a frame with its camera model, or hold it while its own CameraInfo may still come
+        (at most ``camera_info_wait_s``, at most ``cache_size`` frames)."""
+        camera, wait = self.cameras.match(pair.stamp)
+        if wait and self.params.camera_info_wait_s > 0:
+            self._held.append((pair.ready + self.params.camera_info_wait_s, pair))
+            self.counters.frames_held += 1
+            while len(self._held) > self.params.cache_size:
+                _, oldest = self._held.pop(0)
+                self._process(oldest, self.cameras.give_up())
+            return
+        self._process(pair, self.cameras.give_up() if wait else camera)
+
+    def _release_held(self, now: float) -> None:
+        """Process the held frames whose camera model has come, or whose wait is over (with the latest
+        model, or skipped without one); keep the others."""
+        held, self._held = self._held, []
+        for deadline, pair in held:
+            camera, wait = self.cameras.match(pair.stamp)
+            if wait and deadline > now:
+                self._held.append((deadline, pair))
+            else:
+                self._process(pair, self.cameras.give_up() if wait else camera)
+
+    def _process(self, pair: Pair, camera: Optional[CameraModel]) -> None:
         start = time.monotonic()
         try:
-            reason = self._frame(pair)
+            reason = self._frame(pair, camera)
         except Exception as e:  # noqa: BLE001 - the node must survive any input
             reason = "internal_error"
             self.warnings.warn("internal_error", f"{type(e).__name__}: {e}; frame skipped")
@@ -178,12 +212,12 @@ class EstimatorNode(Node):
             self.counters.frames_processed += 1
             self.counters.latencies.append(end - pair.ready)
 
-    def _frame(self, pair: Pair) -> Optional[str]:
+    def _frame(self, pair: Pair, camera: Optional[CameraModel]) -> Optional[str]:
         """Estimate and publish one frame; returns the reason it was skipped (``FRAME_SKIP_REASONS``), or None."""
         image_msg, det_msg = pair.image, pair.detections
-        camera = self.camera
         if camera is None:
-            self.warnings.warn("no_camera_info", "no valid camera_info received yet; frame skipped")
+            self.warnings.warn("no_camera_info", f"no valid camera_info on {self.topics['camera_info']} "
+                                                 f"(waited {self.params.camera_info_wait_s:g} s); frame skipped")
             return "no_camera_info"
         if (image_msg.width, image_msg.height) != (camera.width, camera.height):
             self.warnings.warn("camera_info_mismatch",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any, Generic, List, Optional, Tuple, TypeVar
+from typing import Any, Generic, Optional, Tuple, TypeVar
 
 #: Why a waiting message was dropped without a partner.
 DROP_REASONS = {
@@ -226,7 +226,3 @@ class CameraSync(Generic[T]):
         self.synced = False
         return self.latest
 
-
-def held_expired(held: List[Tuple[float, Any]], now: float) -> Tuple[List[Any], List[Tuple[float, Any]]]:
-    """Split ``(deadline, item)`` pairs into the items past their deadline and the rest (in order)."""
-    return [item for d, item in held if d <= now], [(d, item) for d, item in held if d > now]

@@ -49,6 +49,9 @@ ESTIMATOR_PARAMS: Dict[str, ParamSpec] = {
                       "sync_tolerance_s (for detectors that restamp)", choices=("exact", "approximate")),
     "sync_tolerance_s": ParamSpec(0.01, "Largest stamp difference the approximate pairing accepts, seconds",
                                   range=(0.0, 10.0)),
+    "camera_info_wait_s": ParamSpec(0.5, "Longest a frame waits for the CameraInfo with its stamp (when none has "
+                                    "come yet, or the CameraInfo stream is stamped like the images); 0: never wait",
+                                    range=(0.0, 10.0)),
     "max_detections": ParamSpec(50, "Detections estimated per frame at most; the lowest scores beyond are skipped",
                                 range=(1, 10000)),
     "diagnostics_period_s": ParamSpec(1.0, "Seconds between two diagnostic_msgs/DiagnosticArray on /diagnostics "
@@ -82,6 +85,7 @@ class EstimatorParams:
     cache_max_mb: float
     sync: str
     sync_tolerance_s: float
+    camera_info_wait_s: float
     max_detections: int
     diagnostics_period_s: float
     warn_throttle_s: float
