@@ -23,7 +23,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection2DArray, Detection3DArray
 from visualization_msgs.msg import MarkerArray
@@ -92,7 +92,10 @@ class EstimatorNode(Node):
         reliability = ReliabilityPolicy.RELIABLE if p.qos_reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
         sub_qos = QoSProfile(depth=p.qos_depth, reliability=reliability)
         subs = {
-            "image": self.create_subscription(Image, p.image_topic, self._guard(self._on_image), sub_qos),
+            "image": (self.create_subscription(CompressedImage, f"{p.image_topic}/compressed",
+                                               self._guard(self._on_image), sub_qos)
+                      if p.image_transport == "compressed" else
+                      self.create_subscription(Image, p.image_topic, self._guard(self._on_image), sub_qos)),
             "camera_info": self.create_subscription(CameraInfo, p.camera_info_topic,
                                                     self._guard(self._on_camera_info), sub_qos),
             "detections": self.create_subscription(Detection2DArray, p.detections_topic,
@@ -113,7 +116,8 @@ class EstimatorNode(Node):
         self.get_logger().info(
             f"pose estimator ready: model={p.model} backend={type(self.estimator.predictor).__name__} "
             f"device={p.device} objects={list(self.registry.names)}; listening on {self.topics['image']}, "
-            f"{self.topics['camera_info']}, {self.topics['detections']} ({p.sync} stamps); publishing "
+            f"{self.topics['camera_info']}, {self.topics['detections']} ({p.image_transport} images, {p.sync} "
+            f"stamps); publishing "
             f"{self.pub_poses.topic_name}, {self.pub_detections.topic_name}, {self.pub_diagnostics.topic_name}")
 
     # -- callbacks ---------------------------------------------------------------------------
@@ -143,7 +147,9 @@ class EstimatorNode(Node):
         if self._held:
             self._release_held(time.monotonic())
 
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg) -> None:
+        """An ``Image``, or a ``CompressedImage`` with ``image_transport: compressed`` (decoded only
+        once paired)."""
         self.counters.received["image"] += 1
         pair = self.pairer.add_image(msg, stamp_ns(msg.header.stamp), len(msg.data), time.monotonic())
         if pair is not None:
@@ -219,16 +225,17 @@ class EstimatorNode(Node):
             self.warnings.warn("no_camera_info", f"no valid camera_info on {self.topics['camera_info']} "
                                                  f"(waited {self.params.camera_info_wait_s:g} s); frame skipped")
             return "no_camera_info"
-        if (image_msg.width, image_msg.height) != (camera.width, camera.height):
-            self.warnings.warn("camera_info_mismatch",
-                               f"image is {image_msg.width}x{image_msg.height} but camera_info says "
-                               f"{camera.width}x{camera.height}; frame skipped")
+        compressed = isinstance(image_msg, CompressedImage)
+        # A raw image's size is known before decoding it; a compressed one's only after.
+        if not compressed and not self._size_matches(image_msg.width, image_msg.height, camera):
             return "camera_info_mismatch"
         try:
-            rgb = conv.image_to_rgb(image_msg)
+            rgb = conv.compressed_image_to_rgb(image_msg) if compressed else conv.image_to_rgb(image_msg)
         except conv.MessageError as e:
             self.warnings.warn("bad_image", f"{e}; frame skipped")
             return "bad_image"
+        if compressed and not self._size_matches(rgb.shape[1], rgb.shape[0], camera):
+            return "camera_info_mismatch"
         detections = self._detections(det_msg)
         estimates = self.estimator.estimate(rgb, camera, [(d.class_id, d.box, d.score) for d in detections])
         skipped = Counter(est.reason for est in estimates if not est.ok)
@@ -265,6 +272,13 @@ class EstimatorNode(Node):
             self.pub_debug.publish(conv.rgb_to_image(draw_boxes(rgb, camera, estimates, self.registry), header))
         self.counters.detections_estimated += len(items)
         return None
+
+    def _size_matches(self, width: int, height: int, camera: CameraModel) -> bool:
+        if (width, height) == (camera.width, camera.height):
+            return True
+        self.warnings.warn("camera_info_mismatch", f"image is {width}x{height} but camera_info says "
+                                                   f"{camera.width}x{camera.height}; frame skipped")
+        return False
 
     def _detections(self, det_msg: Detection2DArray) -> List[conv.Detection]:
         """The array's detections in core form: at most ``max_detections`` (the highest scores, in

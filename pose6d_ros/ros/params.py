@@ -21,7 +21,11 @@ class ParamSpec:
 ESTIMATOR_PARAMS: Dict[str, ParamSpec] = {
     "model": ParamSpec("", "Path to the pose network: an ONNX file from export_onnx, or a .pt checkpoint"),
     "objects": ParamSpec("", "Path to the object registry YAML (ids, names, meshes, keypoints)"),
-    "image_topic": ParamSpec("/camera/image_raw", "sensor_msgs/Image input"),
+    "image_topic": ParamSpec("/camera/image_raw", "sensor_msgs/Image input (base topic with image_transport "
+                             "compressed)"),
+    "image_transport": ParamSpec("raw", "raw: sensor_msgs/Image on image_topic; compressed: sensor_msgs/"
+                                 "CompressedImage (jpeg or png) on <image_topic>/compressed",
+                                 choices=("raw", "compressed")),
     "camera_info_topic": ParamSpec("/camera/camera_info", "sensor_msgs/CameraInfo input"),
     "detections_topic": ParamSpec("/detections", "vision_msgs/Detection2DArray input"),
     "poses_topic": ParamSpec("/object_poses", "geometry_msgs/PoseArray output"),
@@ -65,6 +69,7 @@ class EstimatorParams:
     model: str
     objects: str
     image_topic: str
+    image_transport: str
     camera_info_topic: str
     detections_topic: str
     poses_topic: str

@@ -204,9 +204,11 @@ class InProcessNode:
         self.det3d = Collector(self.test_node, Detection3DArray, "/pose6d_estimator/detections")
         self.diagnostics = Collector(self.test_node, DiagnosticArray, "/diagnostics")
         self.rosout = Collector(self.test_node, Log, "/rosout", QoSProfile(depth=1000))
-        self.pub_img, self.pub_info, self.pub_det = input_publishers(self.test_node, *params.pop("input_topics", ()))
+        self.pub_img, self.pub_info, self.pub_det = input_publishers(self.test_node)
         self.node = spinner.add(EstimatorNode(context=ros_context, parameter_overrides=node_params(model, **params)))
-        assert wait_subscribed(self.pub_img) and wait_subscribed(self.pub_det) and wait_subscribed(self.pub_info)
+        raw = params.get("image_transport", "raw") == "raw"
+        assert (not raw or wait_subscribed(self.pub_img)) and wait_subscribed(self.pub_det) \
+            and wait_subscribed(self.pub_info)
 
     def warnings(self) -> List[str]:
         """The node's warning texts so far."""

@@ -136,3 +136,85 @@ def test_startup_line_names_the_topics_after_remapping(node_setup, ros_context, 
     assert len(ready) == 1, err
     assert ("listening on /cam0/image, /camera/camera_info, /robot/detections" in ready[0]
             and "publishing /robot/poses, /robot/pose6d_estimator/detections, /diagnostics" in ready[0]), ready[0]
+
+
+def test_compressed_jpeg_stream_in_poses_out(node_setup, ros_context, spinner, collector, tmp_path):
+    """``image_transport: compressed``, the console script as a process: jpeg (and one png) frames on
+    ``/camera/image_raw/compressed``, encoded by OpenCV the way image_transport's compressed plugin
+    does; each frame's poses equal a direct call on the image OpenCV decodes from the same bytes."""
+    import cv2
+    import numpy as np
+    from geometry_msgs.msg import PoseArray
+    from rclpy.node import Node
+    from sensor_msgs.msg import CompressedImage
+    from std_msgs.msg import Header
+
+    from node_fixtures import NodeProcess, input_publishers, wait_subscribed
+
+    registry, _, model, frames, _ = node_setup
+    node = NodeProcess("-p", f"model:={model}", "-p", f"objects:={REGISTRY_YAML}", "-p", "image_transport:=compressed",
+                       *[a for k, v in POSE_PARAMS.items() for a in ("-p", f"{k}:={v}")], log_path=tmp_path / "node.log")
+    try:
+        driver = spinner.add(Node("jpeg_camera", context=ros_context))
+        poses = collector(driver, PoseArray, "/object_poses")
+        pub_jpeg = driver.create_publisher(CompressedImage, "/camera/image_raw/compressed", 10)
+        _, pub_info, pub_det = input_publishers(driver)
+        assert wait_subscribed(pub_jpeg) and wait_subscribed(pub_det), node.log()
+        time.sleep(0.5)
+        expected = {}
+        for k, frame in enumerate(frames[:4]):
+            fmt, ext = ("png", ".png") if k == 3 else ("jpeg", ".jpg")
+            ok, buf = cv2.imencode(ext, np.ascontiguousarray(frame.rgb[:, :, ::-1]))
+            assert ok
+            msg = CompressedImage(header=Header(stamp=stamp(k), frame_id="camera_optical"),
+                                  format=f"bgr8; {fmt} compressed bgr8", data=buf.tobytes())
+            _, dets, core = frame_messages(frame, k, registry)
+            decoded = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
+            if fmt == "png":
+                assert np.array_equal(decoded, frame.rgb)  # lossless
+            ref = type(frame)(decoded, frame.K, frame.obj_ids, frame.poses, frame.boxes)
+            expected[1000 + k] = [e for e in direct_estimate(registry, model, ref, [(d.class_id, d.box, d.score)
+                                                                                   for d in core], **POSE_PARAMS) if e.ok]
+            pub_info.publish(camera_info_msg(frame, stamp(k)))
+            time.sleep(0.05)
+            pub_jpeg.publish(msg)
+            pub_det.publish(dets)
+        got = poses.wait_for(4, timeout=60)
+        assert sorted(m.header.stamp.sec for m in got) == sorted(expected), node.log()
+        assert sum(len(v) for v in expected.values()) > 0
+        for m in got:
+            exp = expected[m.header.stamp.sec]
+            assert len(m.poses) == len(exp)
+            for p, e in zip(m.poses, exp):
+                np.testing.assert_allclose([p.position.x, p.position.y, p.position.z], e.t, atol=1e-6)
+        assert "Traceback" not in node.log() and "compressed images" in node.log()
+    finally:
+        node.stop()
+
+
+def test_bad_compressed_images_are_skipped_with_reasons(node_setup, ros_context, spinner, collector):
+    """Undecodable bytes (bad_image, naming CompressedImage.data) and a jpeg whose size differs from
+    camera_info's (camera_info_mismatch, known only after decoding) are skipped and counted."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+    from std_msgs.msg import Header
+
+    registry, _, model, frames, _ = node_setup
+    frame = frames[0]
+    n = InProcessNode(ros_context, spinner, collector, model, image_transport="compressed", diagnostics_period_s=0.5)
+    pub_jpeg = n.test_node.create_publisher(CompressedImage, "/camera/image_raw/compressed", 10)
+    assert wait_until(lambda: pub_jpeg.get_subscription_count() > 0)
+    small = cv2.imencode(".jpg", cv2.resize(frame.rgb[:, :, ::-1], (160, 120)))[1].tobytes()
+    for k, data in enumerate([b"\xff\xd8 not a jpeg", small]):
+        n.pub_info.publish(camera_info_msg(frame, stamp(k)))
+        time.sleep(0.05)
+        _, dets, _ = frame_messages(frame, k, registry)
+        pub_jpeg.publish(CompressedImage(header=Header(stamp=stamp(k)), format="jpeg", data=data))
+        n.pub_det.publish(dets)
+    def skipped(s):
+        v = n.values(s)
+        return v["frames skipped: bad_image"], v["frames skipped: camera_info_mismatch"]
+    assert wait_until(lambda: any(skipped(s) == ("1", "1") for s in n.statuses(": processing")), timeout=10), \
+        n.warnings()
+    assert any("[bad_image] CompressedImage.data" in w for w in n.warnings()), n.warnings()
+    assert any("image is 160x120 but camera_info says 320x240" in w for w in n.warnings()), n.warnings()
