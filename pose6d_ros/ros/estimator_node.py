@@ -31,8 +31,8 @@ from visualization_msgs.msg import MarkerArray
 from pose6d_ros.geometry.camera import CameraModel, check_plausible
 from pose6d_ros.registry import ObjectRegistry
 from pose6d_ros.ros import conversions as conv
-from pose6d_ros.ros.diagnostics import (FRAME_SKIP_REASONS, INPUTS, NODE_DETECTION_REASONS, Counters, build_report,
-                                        report_snapshot, to_message)
+from pose6d_ros.ros.diagnostics import (INPUTS, NODE_DETECTION_REASONS, Counters, build_report, report_snapshot,
+                                        to_message)
 from pose6d_ros.ros.pairing import CameraSync, FramePairer, Pair, stamp_ns
 from pose6d_ros.ros.params import ESTIMATOR_PARAMS, EstimatorParams, ParameterError, declare_parameters, validate
 from pose6d_ros.ros.spin import one_line, spin_node
@@ -180,17 +180,22 @@ class EstimatorNode(Node):
 
     # -- one frame -----------------------------------------------------------------------------
     def _on_pair(self, pair: Pair) -> None:
-        """Process a frame with its camera model, or hold it while its own CameraInfo may still come
-        (at most ``camera_info_wait_s``, at most ``cache_size`` frames)."""
+        """Process a frame with its camera model, or hold it while its own CameraInfo may still come:
+        at most ``camera_info_wait_s``, at most ``cache_size`` frames, and within ``cache_max_mb``
+        together with the waiting messages (the oldest held frame goes on first)."""
         camera, wait = self.cameras.match(pair.stamp)
         if wait and self.params.camera_info_wait_s > 0:
             self._held.append((pair.ready + self.params.camera_info_wait_s, pair))
             self.counters.frames_held += 1
-            while len(self._held) > self.params.cache_size:
+            while len(self._held) > 1 and (len(self._held) > self.params.cache_size or self._held_bytes()
+                                           + self.pairer.nbytes > self.pairer.max_bytes):
                 _, oldest = self._held.pop(0)
                 self._process(oldest, self.cameras.give_up())
             return
         self._process(pair, self.cameras.give_up() if wait else camera)
+
+    def _held_bytes(self) -> int:
+        return sum(pair.nbytes for _, pair in self._held)
 
     def _release_held(self, now: float) -> None:
         """Process the held frames whose camera model has come, or whose wait is over (with the latest

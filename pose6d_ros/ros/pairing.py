@@ -102,6 +102,7 @@ class Pair:
     detections: Any
     stamp: int  # the image's stamp, ns
     ready: float  # monotonic time the second of the two arrived
+    nbytes: int = 0  # of the image, as counted by the cache
 
 
 class FramePairer:
@@ -133,7 +134,7 @@ class FramePairer:
         self.images.last_stamp = stamp
         if partner is not None:
             self.paired += 1
-            return Pair(msg, self.detections.take(partner).msg, stamp, now)
+            return Pair(msg, self.detections.take(partner).msg, stamp, now, nbytes)
         self._wait(self.images, Waiting(msg, stamp, nbytes, now))
         return None
 
@@ -142,7 +143,8 @@ class FramePairer:
         self.detections.last_stamp = stamp
         if partner is not None:
             self.paired += 1
-            return Pair(self.images.take(partner).msg, msg, partner, now)
+            image = self.images.take(partner)
+            return Pair(image.msg, msg, partner, now, image.nbytes)
         self._wait(self.detections, Waiting(msg, stamp, nbytes, now))
         return None
 

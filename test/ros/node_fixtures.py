@@ -210,6 +210,19 @@ class InProcessNode:
         assert (not raw or wait_subscribed(self.pub_img)) and wait_subscribed(self.pub_det) \
             and wait_subscribed(self.pub_info)
 
+    def send_frame(self, frame: Frame, k: int, detections) -> None:
+        """camera_info, then (0.1 s later) the rgb image and an array of the core ``detections``, all
+        stamped ``stamp(k)``."""
+        from std_msgs.msg import Header
+
+        from pose6d_ros.ros import conversions as conv
+
+        header = Header(stamp=stamp(k), frame_id="camera_optical")
+        self.pub_info.publish(camera_info_msg(frame, stamp(k)))
+        time.sleep(0.1)
+        self.pub_img.publish(conv.rgb_to_image(frame.rgb, header))
+        self.pub_det.publish(conv.detection2d_array_msg(header, detections))
+
     def warnings(self) -> List[str]:
         """The node's warning texts so far."""
         return [m.msg for m in self.rosout.messages if m.name == self.node.get_name() and m.level >= 30]

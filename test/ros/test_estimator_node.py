@@ -120,7 +120,7 @@ def test_missing_model_exits_nonzero_with_clear_error(tmp_path):
 def test_fuzzing_never_kills_the_node_or_publishes_nan(setup, ros_context, spinner, collector, tmp_path):
     from geometry_msgs.msg import PoseArray
     from rclpy.node import Node
-    from sensor_msgs.msg import CameraInfo, Image
+    from sensor_msgs.msg import Image
     from std_msgs.msg import Header
     from vision_msgs.msg import Detection2D, Detection2DArray, Detection3DArray, ObjectHypothesisWithPose
 

@@ -145,8 +145,6 @@ def test_diagnostics_of_a_working_stream(node_setup, ros_context, spinner, colle
 def test_max_detections_keeps_the_highest_scores(node_setup, ros_context, spinner, collector):
     """12 detections (the frame's boxes repeated with falling scores), ``max_detections`` 4: the node
     estimates exactly the four best, as a direct call on those four does, and counts the other 8."""
-    from std_msgs.msg import Header
-
     from pose6d_ros.ros import conversions as conv
 
     registry, _, model, frames, _ = node_setup
@@ -157,11 +155,7 @@ def test_max_detections_keeps_the_highest_scores(node_setup, ros_context, spinne
     rng = np.random.default_rng(0)
     scores = rng.permutation(np.linspace(0.5, 0.95, 12))
     dets = [conv.Detection(names[i % len(names)], float(s), frame.boxes[i % len(names)]) for i, s in enumerate(scores)]
-    header = Header(stamp=stamp(0), frame_id="camera_optical")
-    n.pub_info.publish(camera_info_msg(frame, stamp(0)))
-    time.sleep(0.1)
-    n.pub_img.publish(conv.rgb_to_image(frame.rgb, header))
-    n.pub_det.publish(conv.detection2d_array_msg(header, dets))
+    n.send_frame(frame, 0, dets)
     (msg,) = n.poses.wait_for(1, timeout=30)
     best = sorted(np.argsort(-scores)[:4])
     direct = direct_estimate(registry, model, frame, [(dets[i].class_id, dets[i].box, dets[i].score) for i in best],

@@ -46,7 +46,6 @@ def test_depth_range_and_min_box_reach_the_estimator(node_setup, ros_context, sp
     """``max_depth_m`` 0.3 and a 5-px box among the frame's boxes: the node skips exactly what a direct
     call with those limits skips, under the same reasons, and reports the counts."""
     from pose6d_ros.ros import conversions as conv
-    from std_msgs.msg import Header
 
     registry, _, model, frames, _ = node_setup
     frame = frames[1]
@@ -54,11 +53,7 @@ def test_depth_range_and_min_box_reach_the_estimator(node_setup, ros_context, sp
     name = registry.get(frame.obj_ids[0]).name
     dets = [conv.Detection(registry.get(oid).name, 0.9, box) for oid, box in zip(frame.obj_ids, frame.boxes)]
     dets.append(conv.Detection(name, 0.9, (100.0, 100.0, 105.0, 105.0)))
-    header = Header(stamp=stamp(0), frame_id="camera_optical")
-    n.pub_info.publish(camera_info_msg(frame, stamp(0)))
-    time.sleep(0.1)
-    n.pub_img.publish(conv.rgb_to_image(frame.rgb, header))
-    n.pub_det.publish(conv.detection2d_array_msg(header, dets))
+    n.send_frame(frame, 0, dets)
     (msg,) = n.poses.wait_for(1, timeout=30)
     expected = direct_estimate(registry, model, frame, [(d.class_id, d.box, d.score) for d in dets], max_depth_m=0.3)
     reasons = Counter(e.reason for e in expected)
@@ -218,3 +213,21 @@ def test_bad_compressed_images_are_skipped_with_reasons(node_setup, ros_context,
         n.warnings()
     assert any("[bad_image] CompressedImage.data" in w for w in n.warnings()), n.warnings()
     assert any("image is 160x120 but camera_info says 320x240" in w for w in n.warnings()), n.warnings()
+
+
+def test_frames_held_for_camera_info_count_against_cache_max_mb(node_setup, ros_context, spinner, collector):
+    """No camera_info, a long wait (10 s) and 0.5 MiB of cache (two 320x240 images): of four frames two
+    are held, the two oldest go on at once (skipped: no camera_info) instead of holding 4 images."""
+    registry, _, model, frames, _ = node_setup
+    n = InProcessNode(ros_context, spinner, collector, model, camera_info_wait_s=10.0, cache_max_mb=0.5,
+                      diagnostics_period_s=0.5)
+    for k in range(4):
+        img, dets, _ = frame_messages(frames[0], k, registry)
+        n.pub_img.publish(img)
+        n.pub_det.publish(dets)
+        time.sleep(0.05)
+    def state(s):
+        v = n.values(s)
+        return v.get("frames waiting for camera_info"), v.get("frames skipped: no_camera_info")
+    assert wait_until(lambda: any(state(s) == ("2", None) for s in n.statuses(": pairing"))
+                      and any(state(s) == (None, "2") for s in n.statuses(": processing")), timeout=8)

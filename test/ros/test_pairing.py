@@ -16,10 +16,10 @@ def test_exact_pairs_equal_stamps_in_either_order():
     p = FramePairer("exact")
     assert p.add_image("img0", 5 * S, 100, now=0.0) is None
     pair = p.add_detections("det0", 5 * S, 10, now=0.5)
-    assert (pair.image, pair.detections, pair.stamp, pair.ready) == ("img0", "det0", 5 * S, 0.5)
+    assert (pair.image, pair.detections, pair.stamp, pair.ready, pair.nbytes) == ("img0", "det0", 5 * S, 0.5, 100)
     assert p.add_detections("det1", 6 * S, 10, now=1.0) is None
     pair = p.add_image("img1", 6 * S, 100, now=1.2)
-    assert (pair.image, pair.detections, pair.stamp) == ("img1", "det1", 6 * S)
+    assert (pair.image, pair.detections, pair.stamp, pair.nbytes) == ("img1", "det1", 6 * S, 100)
     assert p.paired == 2 and p.nbytes == 0
     # one nanosecond off never pairs exactly; the offset is reported as detections minus image
     assert p.add_image("img2", 7 * S, 100, now=2.0) is None
