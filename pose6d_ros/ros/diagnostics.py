@@ -179,6 +179,7 @@ def build_report(node_name: str, topics: Dict[str, str], counters: Counters, pre
         ("cache bytes", str(pairer.nbytes)),
         ("cache limit bytes", str(cache_max_bytes)),
         ("nearest stamp offset (s)", f"{offset / 1e9:.9f}" if offset is not None else ""),
+        ("dropped rate (Hz)", _fmt((dropped_now[0] + dropped_now[1]) / dt, 2)),
         ("images dropped", str(dropped_images)),
         *[(f"images dropped: {r}", str(pairer.images.dropped[r])) for r in DROP_REASONS],
         ("detections dropped", str(dropped_dets)),
@@ -214,6 +215,7 @@ def build_report(node_name: str, topics: Dict[str, str], counters: Counters, pre
     processing = Status(level, f"{node_name}: processing", message, [
         ("frames processed", str(counters.frames_processed)),
         ("output rate (Hz)", _fmt(processed_now / dt, 2)),
+        ("skipped rate (Hz)", _fmt(skipped_now / dt, 2)),
         ("frames skipped", str(sum(counters.frames_skipped.values()))),
         *[(f"frames skipped: {r}", str(counters.frames_skipped[r])) for r in FRAME_SKIP_REASONS],
         ("detections estimated", str(counters.detections_estimated)),

@@ -94,6 +94,7 @@ def test_only_images_alive_is_reported_and_drops_counted(node_setup, ros_context
                                     lambda s: n.values(s)["images dropped: cache_size"] == "7") is not None)
     values = n.values(_last(n.statuses(": pairing")))
     assert values["images dropped"] == "7" and values["images waiting"] == "5"
+    assert any(float(n.values(s)["dropped rate (Hz)"]) > 0 for s in n.statuses(": pairing"))
     inputs = _last(n.statuses(": inputs"), lambda s: n.values(s)["image received"] == "12")
     assert inputs is not None and inputs.level == WARN
     assert n.values(inputs)["detections received"] == "0" and n.values(inputs)["detections rate (Hz)"] == "0.00"
