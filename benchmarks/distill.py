@@ -116,7 +116,8 @@ def evaluate_model(model_path: str, split: str, registry_path: str, objects: Seq
     from pose6d_ros.evaluation.evaluate import predict_split, score_predictions
     from pose6d_ros.models import load_model
     from pose6d_ros.registry import ObjectRegistry
-    from pose6d_ros.training.build import RunObjects, TargetCrops, items_from_split
+    from pose6d_ros.data.target_crops import TargetCrops, items_from_split
+    from pose6d_ros.registry import RunObjects
 
     torch.set_num_threads(1)
     cache = Path(model_path).with_name(f"eval-{Path(split).name}-{limit}.json")

@@ -138,7 +138,7 @@ def accuracy(args) -> None:
     from pose6d_ros.evaluation.evaluate import InstancePrediction, score_predictions
     from pose6d_ros.geometry.keypoints import project_points
     from pose6d_ros.models import load_model
-    from pose6d_ros.training.build import items_from_split
+    from pose6d_ros.data.target_crops import items_from_split
 
     split = Path(args.accuracy_split)
     registry = ObjectRegistry.from_yaml(args.accuracy_registry or split.parent / "objects.yaml")

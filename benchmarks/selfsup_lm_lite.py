@@ -284,7 +284,8 @@ def probe(data_root: Path, objects=(1, 2, 5, 6), n: int = 6) -> Dict[str, Any]:
     MSE between ``r1`` and ``x_m`` and (b) the LPIPS-style distance on the first two stages of a
     (randomly initialised) Φ; and whether d loss / d t_x at ±3 px points back to y*.
     """
-    from pose6d_ros.training.build import TargetCrops, build_model, build_objects, items_from_split
+    from pose6d_ros.data.target_crops import TargetCrops, items_from_split
+    from pose6d_ros.training.build import build_model, build_objects
     from pose6d_ros.training.losses import mask_blend, perceptual_distance
     from pose6d_ros.training.perceptual import PhiEarlyFeatures
     from pose6d_ros.training.selfsup import build_renderer
@@ -337,7 +338,8 @@ def basin(data_root: Path, model_path: Path, objects=(1, 2), n: int = 24, steps:
     from pose6d_ros.evaluation.evaluate import predict_crops
     from pose6d_ros.geometry.keypoints import project_points
     from pose6d_ros.models import load_model
-    from pose6d_ros.training.build import TargetCrops, build_objects, items_from_split
+    from pose6d_ros.data.target_crops import TargetCrops, items_from_split
+    from pose6d_ros.training.build import build_objects
     from pose6d_ros.training.perceptual import PhiEarlyFeatures
     from pose6d_ros.training.selfsup import build_renderer
     from pose6d_ros.training.selfsup_step import refine_pose

@@ -35,9 +35,10 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, List, Mapping, Sequence
 
 import numpy as np
+import torch
 
 UNIT_TO_M: dict[str, float] = {"m": 1.0, "cm": 0.01, "mm": 0.001}
 PYBULLET_SCHEME = "pybullet_data://"
@@ -404,6 +405,39 @@ def _round(a: Any) -> list[float]:
     return [float(round(float(x), 9)) + 0.0 for x in np.asarray(a).reshape(-1)]
 
 
+@dataclass
+class RunObjects:
+    """The objects a model is trained on or serves, in model-row order: row ``i`` is ``ids[i]``
+    (the :class:`pose6d_ros.models.ModelCard` records the order)."""
+
+    registry: ObjectRegistry
+    ids: List[int]
+
+    @property
+    def keypoints(self) -> torch.Tensor:
+        """``(N, K, 3)`` metres, model-row order."""
+        return torch.as_tensor(self.registry.keypoints(self.ids), dtype=torch.float32)
+
+    def extent_points(self, max_points: int = 128) -> torch.Tensor:
+        """``(N, P, 3)`` metres: convex-hull vertices of each mesh (their projection spans the same 2D
+        box as the silhouette), at most ``max_points`` per object, repeated up to a common ``P``."""
+        sets = []
+        for oid in self.ids:
+            v = hull_vertices(self.registry.get(oid).model_vertices())
+            if len(v) > max_points:
+                v = v[np.random.default_rng(0).choice(len(v), max_points, replace=False)]
+            sets.append(v)
+        P = max(len(v) for v in sets)
+        return torch.as_tensor(np.stack([np.resize(v, (P, 3)) for v in sets]), dtype=torch.float32)
+
+    def row_lookup(self) -> torch.Tensor:
+        """``registry.index_of -> model row`` as a tensor (``-1`` for objects not in the run)."""
+        lut = torch.full((len(self.registry),), -1, dtype=torch.long)
+        for row, oid in enumerate(self.ids):
+            lut[self.registry.index_of(oid)] = row
+        return lut
+
+
 # ---------------------------------------------------------------------- geometry
 
 
@@ -431,8 +465,6 @@ def mesh_diameter(vertices: np.ndarray) -> float:
 def box_keypoints_np(vertices: np.ndarray, with_centroid: bool = True) -> np.ndarray:
     """``(9, 3)`` (or ``(8, 3)``) float64 tight-box keypoints of ``vertices`` ``(N, 3)``, in the order of
     docs/conventions.md (one definition: ``pose6d_ros.geometry.keypoints.box_keypoints``)."""
-    import torch
-
     from pose6d_ros.geometry.keypoints import box_keypoints
 
     v = torch.as_tensor(np.asarray(vertices, dtype=np.float64))

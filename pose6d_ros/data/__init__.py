@@ -1,2 +1,2 @@
 """Data: BOP I/O, crops, augmentation, the synthetic source domain, the simulated real domain
-(``lm-lite``, ``tless-lite``), bag import and datasets."""
+(``lm-lite``, ``tless-lite``), bag import and the target crops of training and evaluation."""

@@ -250,7 +250,7 @@ def crop_image_cv2(image: np.ndarray, window: np.ndarray, size: int, interpolati
     """NumPy/OpenCV path of :func:`crop_images` for one window (tools, main-process loading).
 
     Not for forked ``DataLoader`` workers once the parent has used OpenCV: its inherited thread
-    pool can hang there (:mod:`pose6d_ros.data.datasets` crops with torch for that reason).
+    pool can hang there (:mod:`pose6d_ros.data.target_crops` crops with torch for that reason).
 
     Args:
         image: ``(H, W, C)`` or ``(H, W)`` array (uint8 or float).

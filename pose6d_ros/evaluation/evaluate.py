@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from pose6d_ros._io import atomic_write_text
+from pose6d_ros.data.target_crops import TargetCrops, first_per_object, items_from_split
 from pose6d_ros.evaluation.tables import (
     BopEstimate,
     RecallTable,
@@ -30,8 +31,10 @@ from pose6d_ros.evaluation.tables import (
     recall_table,
     save_bop_results,
 )
+from pose6d_ros.registry import ObjectInfo, ObjectRegistry, RunObjects
 
-__all__ = ["InstancePrediction", "predict_split", "score_poses", "score_predictions", "predict_crops", "main"]
+__all__ = ["InstancePrediction", "predict_split", "score_poses", "score_predictions", "predict_crops", "diagnostic_eval",
+           "main"]
 
 log = logging.getLogger("pose6d_ros.evaluation")
 
@@ -83,10 +86,10 @@ def predict_crops(model: torch.nn.Module, images: torch.Tensor, K_crop: torch.Te
     return solve_pnp(uv, kp3, K_crop.float()), h
 
 
-def predict_split(model: torch.nn.Module, crops, keypoints_3d: torch.Tensor, batch_size: int = 32,
+def predict_split(model: torch.nn.Module, crops: TargetCrops, keypoints_3d: torch.Tensor, batch_size: int = 32,
                   device: torch.device | str = "cpu") -> List[InstancePrediction]:
-    """Predict every item of a labelled :class:`pose6d_ros.training.build.TargetCrops` (no jitter);
-    to evaluate fewer, pass fewer items (``training.build.first_per_object``)."""
+    """Predict every item of a labelled :class:`pose6d_ros.data.target_crops.TargetCrops` (no jitter);
+    to evaluate fewer, pass fewer items (:func:`pose6d_ros.data.target_crops.first_per_object`)."""
     model = model.eval().to(device)
     n = len(crops)
     out: List[InstancePrediction] = []
@@ -109,7 +112,7 @@ def predict_split(model: torch.nn.Module, crops, keypoints_3d: torch.Tensor, bat
     return out
 
 
-def score_poses(info, R: torch.Tensor, t: torch.Tensor, R_gt: torch.Tensor, t_gt: torch.Tensor, K: torch.Tensor,
+def score_poses(info: ObjectInfo, R: torch.Tensor, t: torch.Tensor, R_gt: torch.Tensor, t_gt: torch.Tensor, K: torch.Tensor,
                 failed: torch.Tensor, max_points: int = MAX_POINTS) -> Dict[str, torch.Tensor]:
     """Which of ``B`` poses of ONE object are correct: the one scoring rule of ``evaluate``, the
     trainers' final test and their diagnostics.
@@ -143,7 +146,7 @@ def score_poses(info, R: torch.Tensor, t: torch.Tensor, R_gt: torch.Tensor, t_gt
             "2D proj 5px": (e_proj < PROJ_THRESHOLD_PX) & ~failed, "add_error": e_add, "proj_error": e_proj}
 
 
-def score_predictions(preds: Sequence[InstancePrediction], registry, names: Optional[Dict[int, str]] = None,
+def score_predictions(preds: Sequence[InstancePrediction], registry: ObjectRegistry, names: Optional[Dict[int, str]] = None,
                       max_points: int = MAX_POINTS) -> RecallTable:
     """ADD(-S) at 10% of the diameter and 2D projection at 5 px, per object (:func:`score_poses`)."""
     by_obj: Dict[int, List[InstancePrediction]] = {}
@@ -158,6 +161,41 @@ def score_predictions(preds: Sequence[InstancePrediction], registry, names: Opti
         name = (names or {}).get(obj_id, info.name)
         flags[name] = {m: ok[m].tolist() for m in METRICS}
     return recall_table(flags, list(METRICS))
+
+
+@torch.no_grad()
+def diagnostic_eval(model: torch.nn.Module, data: Dict[str, torch.Tensor], objects: RunObjects,
+                    batch_size: int = 64) -> Dict[str, float]:
+    """Keypoint error (crop px) and ADD(-S) / 2D-projection recall on a labelled target batch
+    (:meth:`pose6d_ros.data.target_crops.TargetCrops.batch`), scored as ``evaluate`` scores (:func:`score_poses`).
+
+    Logged during training to watch drift; it never feeds a loss nor picks checkpoints.
+    """
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    S = data["image"].shape[-1]
+    Rs, ts, hs, fails = [], [], [], []
+    for s in range(0, data["image"].shape[0], batch_size):
+        sl = slice(s, s + batch_size)
+        pnp, h = predict_crops(model, data["image"][sl].to(dev), data["K"][sl].to(dev),
+                               data["object_index"][sl].to(dev), objects.keypoints.to(dev))
+        Rs.append(pnp.R.cpu()), ts.append(pnp.t.cpu()), hs.append(h.cpu()), fails.append(pnp.failed.cpu())
+    model.train(was)
+    R, t, h, failed = torch.cat(Rs), torch.cat(ts), torch.cat(hs), torch.cat(fails)
+    kp_err = ((h - data["keypoints"]) * (S / 2)).norm(dim=-1).mean(-1)  # px, mean over keypoints
+    out = {"kp_err_median_px": float(kp_err.median()), "kp_err_mean_px": float(kp_err.mean()),
+           "pnp_failed": float(failed.float().mean())}
+    ok_add, ok_proj = [], []
+    for row, oid in enumerate(objects.ids):
+        sel = data["object_index"] == row
+        if bool(sel.any()):  # the scoring of `evaluate` (full-image pixels, ADD-S over all vertices)
+            ok = score_poses(objects.registry.get(oid), R[sel], t[sel], data["R"][sel], data["t"][sel],
+                             data["K_full"][sel], failed[sel])
+            ok_add.append(ok["ADD(-S)"]), ok_proj.append(ok["2D proj 5px"])
+    out["add_recall"] = 100.0 * float(torch.cat(ok_add).float().mean())
+    out["proj_recall"] = 100.0 * float(torch.cat(ok_proj).float().mean())
+    return out
 
 
 def write_outputs(table: RecallTable, preds: Sequence[InstancePrediction], out_dir: str | Path,
@@ -202,8 +240,6 @@ def evaluate(a: argparse.Namespace) -> Dict[str, object]:
     from pose6d_ros._checks import InputError, reading
     from pose6d_ros._io import atomic_write_json
     from pose6d_ros.models import load_model
-    from pose6d_ros.registry import ObjectRegistry
-    from pose6d_ros.training.build import RunObjects, TargetCrops, first_per_object, items_from_split
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if a.limit is not None and a.limit < 1:

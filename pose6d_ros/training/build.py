@@ -12,60 +12,21 @@ Objects, model rows and data:
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
 
+from pose6d_ros.registry import ObjectRegistry, RunObjects
 from pose6d_ros.training.config import get
 from pose6d_ros.training.trainer import StepSampler
 
-__all__ = ["RunObjects", "build_objects", "build_model", "build_optimizer", "SyntheticSource", "TargetCrops",
-           "CropItem", "items_from_split", "first_per_object", "items_from_detections", "diagnostic_eval", "save_run_model"]
+__all__ = ["build_objects", "build_model", "build_optimizer", "SyntheticSource", "save_run_model"]
 
 log = logging.getLogger("pose6d_ros.training")
 
 
-@dataclass
-class RunObjects:
-    """The registry and the objects of a run, in model-row order."""
-
-    registry: Any
-    ids: List[int]
-
-    @property
-    def keypoints(self) -> torch.Tensor:
-        """``(N, K, 3)`` metres, model-row order."""
-        return torch.as_tensor(self.registry.keypoints(self.ids), dtype=torch.float32)
-
-    def extent_points(self, max_points: int = 128) -> torch.Tensor:
-        """``(N, P, 3)`` metres: convex-hull vertices of each mesh (their projection spans the same 2D
-        box as the silhouette), at most ``max_points`` per object, repeated up to a common ``P``."""
-        from pose6d_ros.registry import hull_vertices
-
-        sets = []
-        for oid in self.ids:
-            v = hull_vertices(self.registry.get(oid).model_vertices())
-            if len(v) > max_points:
-                v = v[np.random.default_rng(0).choice(len(v), max_points, replace=False)]
-            sets.append(v)
-        P = max(len(v) for v in sets)
-        return torch.as_tensor(np.stack([np.resize(v, (P, 3)) for v in sets]), dtype=torch.float32)
-
-    def row_lookup(self) -> torch.Tensor:
-        """``registry.index_of -> model row`` as a tensor (``-1`` for objects not in the run)."""
-        lut = torch.full((len(self.registry),), -1, dtype=torch.long)
-        for row, oid in enumerate(self.ids):
-            lut[self.registry.index_of(oid)] = row
-        return lut
-
-
 def build_objects(cfg: Dict[str, Any]) -> RunObjects:
-    from pose6d_ros.registry import ObjectRegistry
-
     from pose6d_ros._checks import reading
 
     reg_path = get(cfg, "data.registry")
@@ -210,183 +171,6 @@ class SyntheticSource:
         if self.color_aug:  # the trainer seeds torch's global RNG per step, so this replays on resume
             b["image"] = color_augment(b["image"])
         return b
-
-
-@dataclass(frozen=True)
-class CropItem:
-    """One object instance to crop: its image, object, box ``(x, y, w, h)`` and, if known, its pose."""
-
-    scene_id: int
-    im_id: int
-    obj_id: int
-    bbox: Tuple[float, float, float, float]
-    R: Optional[np.ndarray] = None
-    t: Optional[np.ndarray] = None
-
-
-def items_from_split(split_path: str | Path, obj_ids: Sequence[int], targets_only: bool = True) -> List[CropItem]:
-    """Labelled instances of a BOP split with their visible GT boxes (as a perfect detector gives).
-
-    ``targets_only`` keeps the LINEMOD protocol: in scene ``k`` only object ``k`` is evaluated
-    (the suites put one target object per scene; the others are clutter).
-    """
-    from pose6d_ros.data.bop import BopDataset
-
-    ds = BopDataset(split_path, obj_ids=obj_ids)
-    # the scenes that must be labelled: the targets' (LINEMOD protocol), else all
-    ds.require_labels([int(o) for o in obj_ids] if targets_only else None, info=True)
-    out = []
-    for inst in ds.instances:
-        if targets_only and inst.scene_id != inst.obj_id:
-            continue
-        info = ds.gt_info(inst)
-        if info is None:
-            raise FileNotFoundError(f"{split_path}: scene {inst.scene_id}: no scene_gt_info.json (GT boxes)")
-        if info.bbox_visib[2] <= 0:
-            continue
-        gt = ds.gt(inst)
-        out.append(CropItem(inst.scene_id, inst.im_id, inst.obj_id, tuple(float(v) for v in info.bbox_visib),
-                            np.asarray(gt.R, np.float64), np.asarray(gt.t, np.float64).reshape(3)))
-    return out
-
-
-def first_per_object(items: Sequence[CropItem], limit: int) -> List[CropItem]:
-    """The first ``limit`` items of each ``obj_id``, in their original order."""
-    kept: Dict[int, int] = {}
-    out = []
-    for it in items:
-        if kept.get(it.obj_id, 0) < limit:
-            kept[it.obj_id] = kept.get(it.obj_id, 0) + 1
-            out.append(it)
-    return out
-
-
-def items_from_detections(path: str | Path, obj_ids: Sequence[int]) -> List[CropItem]:
-    """Unlabeled instances from a BOP detections JSON (``train_detections.json``)."""
-    from pose6d_ros.data.bop import load_detections
-
-    keep = set(int(o) for o in obj_ids)
-    return [CropItem(d.scene_id, d.im_id, d.obj_id, tuple(float(v) for v in d.bbox))
-            for d in load_detections(path) if d.obj_id in keep]
-
-
-class TargetCrops:
-    """Crops of target-domain images around boxes, optionally jittered (Sec. 4: "we randomly perturb
-    center position and rescale the bounding box during training").
-
-    Labels (``R``, ``t``, ``keypoints``) are returned when every item has them; the self-supervised
-    trainer never reads them (only the diagnostic evaluation and the real-label upper bound do).
-
-    Args:
-        rgb_split: the BOP split folder holding ``rgb/`` and ``scene_camera.json``.
-        items: what to crop.
-        objects: the run's objects (model rows).
-        crop_size: S.
-        padding: window side over the box's longer side.
-        jitter: ``(shift, scale)`` for ``data.crops.jitter_boxes``, or ``None``.
-    """
-
-    def __init__(self, rgb_split: str | Path, items: Sequence[CropItem], objects: RunObjects, crop_size: int,
-                 padding: float = 1.3, jitter: Optional[Tuple[float, float]] = None, cache_images: int = 512) -> None:
-        from pose6d_ros.data.bop import BopDataset
-
-        self.ds = BopDataset(rgb_split)
-        self.items = list(items)
-        if not self.items:
-            raise ValueError(f"{rgb_split}: no instances of objects {objects.ids}")
-        self.row = {oid: i for i, oid in enumerate(objects.ids)}
-        self.kp3 = objects.keypoints
-        self.S, self.padding, self.jitter = int(crop_size), float(padding), jitter
-        self._cache: "OrderedDict[Tuple[int, int], torch.Tensor]" = OrderedDict()
-        self._cache_size = cache_images
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    @property
-    def labelled(self) -> bool:
-        return all(it.R is not None for it in self.items)
-
-    def _image(self, sid: int, iid: int) -> torch.Tensor:
-        key = (sid, iid)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        img = torch.from_numpy(self.ds.load_rgb(sid, iid)).permute(2, 0, 1).contiguous()  # uint8
-        self._cache[key] = img
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return img
-
-    def batch(self, indices: Sequence[int], jitter: Optional[bool] = None,
-              with_labels: bool = True) -> Dict[str, torch.Tensor]:
-        """``{"image" (B,3,S,S), "K" (B,3,3) crop intrinsics, "box" (B,4) the (unjittered) box in crop
-        pixels, "object_index" (B,)}`` plus, when
-        labelled and ``with_labels``, ``"R"``, ``"t"``, ``"keypoints"`` (normalised)."""
-        from pose6d_ros.data.crops import bop_bbox_to_box, crop_images, jitter_boxes, square_windows
-        from pose6d_ros.geometry.camera import crop_affine, crop_intrinsics, pixels_to_normalized
-        from pose6d_ros.geometry.keypoints import project_points
-
-        items = [self.items[int(i)] for i in indices]
-        boxes = bop_bbox_to_box(torch.tensor([it.bbox for it in items], dtype=torch.float32))
-        K = torch.stack([torch.as_tensor(np.asarray(self.ds.camera(it.scene_id, it.im_id).K), dtype=torch.float32)
-                         for it in items])
-        windows = square_windows(boxes, self.padding)
-        if (self.jitter is not None) if jitter is None else jitter:
-            shift, scale = self.jitter or (0.1, 0.15)
-            windows = jitter_boxes(windows, shift=shift, scale=scale)
-        crops = [crop_images(self._image(it.scene_id, it.im_id).float() / 255.0, w[None], self.S)
-                 for it, w in zip(items, windows)]
-        K_crop = crop_intrinsics(K, windows, self.S)
-        A = crop_affine(windows, self.S)  # the box seen in crop pixels (L_box's detection box)
-        box_crop = (boxes.view(-1, 2, 2) @ A[:, :, :2].transpose(1, 2) + A[:, None, :, 2]).reshape(-1, 4)
-        out = {"image": torch.cat(crops), "K": K_crop, "box": box_crop,
-               "object_index": torch.tensor([self.row[it.obj_id] for it in items]),
-               "K_full": K, "ids": torch.tensor([[it.scene_id, it.im_id, it.obj_id] for it in items]),
-               "index": torch.as_tensor([int(i) for i in indices], dtype=torch.long)}
-        if with_labels and all(it.R is not None for it in items):
-            R = torch.as_tensor(np.stack([it.R for it in items]), dtype=torch.float32)
-            t = torch.as_tensor(np.stack([it.t for it in items]), dtype=torch.float32)
-            kp = project_points(self.kp3[out["object_index"]], R, t, K_crop)
-            out.update(R=R, t=t, keypoints=pixels_to_normalized(kp, self.S))
-        return out
-
-
-@torch.no_grad()
-def diagnostic_eval(model: torch.nn.Module, data: Dict[str, torch.Tensor], objects: RunObjects,
-                    batch_size: int = 64) -> Dict[str, float]:
-    """Keypoint error (crop px) and ADD(-S) / 2D-projection recall on a labelled target batch
-    (:meth:`TargetCrops.batch`), scored as ``evaluate`` scores (``evaluation.evaluate.score_poses``).
-
-    Logged during training to watch drift; it never feeds a loss nor picks checkpoints.
-    """
-    from pose6d_ros.evaluation.evaluate import predict_crops, score_poses
-
-    was = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    S = data["image"].shape[-1]
-    Rs, ts, hs, fails = [], [], [], []
-    for s in range(0, data["image"].shape[0], batch_size):
-        sl = slice(s, s + batch_size)
-        pnp, h = predict_crops(model, data["image"][sl].to(dev), data["K"][sl].to(dev),
-                               data["object_index"][sl].to(dev), objects.keypoints.to(dev))
-        Rs.append(pnp.R.cpu()), ts.append(pnp.t.cpu()), hs.append(h.cpu()), fails.append(pnp.failed.cpu())
-    model.train(was)
-    R, t, h, failed = torch.cat(Rs), torch.cat(ts), torch.cat(hs), torch.cat(fails)
-    kp_err = ((h - data["keypoints"]) * (S / 2)).norm(dim=-1).mean(-1)  # px, mean over keypoints
-    out = {"kp_err_median_px": float(kp_err.median()), "kp_err_mean_px": float(kp_err.mean()),
-           "pnp_failed": float(failed.float().mean())}
-    ok_add, ok_proj = [], []
-    for row, oid in enumerate(objects.ids):
-        sel = data["object_index"] == row
-        if bool(sel.any()):  # the scoring of `evaluate` (full-image pixels, ADD-S over all vertices)
-            ok = score_poses(objects.registry.get(oid), R[sel], t[sel], data["R"][sel], data["t"][sel],
-                             data["K_full"][sel], failed[sel])
-            ok_add.append(ok["ADD(-S)"]), ok_proj.append(ok["2D proj 5px"])
-    out["add_recall"] = 100.0 * float(torch.cat(ok_add).float().mean())
-    out["proj_recall"] = 100.0 * float(torch.cat(ok_proj).float().mean())
-    return out
 
 
 def save_run_model(path: str | Path, model: torch.nn.Module, objects: RunObjects, extra: Dict[str, Any],

@@ -57,7 +57,8 @@ import torch
 from torch import nn
 
 from pose6d_ros.training import distributed as du
-from pose6d_ros.training.build import RunObjects, SyntheticSource, build_optimizer
+from pose6d_ros.registry import RunObjects
+from pose6d_ros.training.build import SyntheticSource, build_optimizer
 from pose6d_ros.training.checkpoint import unwrap
 from pose6d_ros.training.config import get, merge
 from pose6d_ros.training.distill_losses import (HintAdapters, hint_loss, kd_star, kd_upper_bounded, masked_mean,

@@ -12,15 +12,16 @@ import torch
 import yaml
 
 from pose6d_ros._io import atomic_write_json, atomic_write_text
+from pose6d_ros.data.target_crops import TargetCrops, first_per_object, items_from_detections, items_from_split
+from pose6d_ros.evaluation.evaluate import diagnostic_eval
+from pose6d_ros.registry import RunObjects
 from pose6d_ros.training import distributed as du
-from pose6d_ros.training.build import (RunObjects, TargetCrops, build_model, build_objects, build_optimizer,
-                                       diagnostic_eval, first_per_object, items_from_detections, items_from_split,
-                                       save_run_model)
+from pose6d_ros.training.build import build_model, build_objects, build_optimizer, save_run_model
 from pose6d_ros.training.config import apply_threads, get, require
 from pose6d_ros.training.trainer import (CheckpointHook, EMAHook, EvalHook, HookBase, LoggerHook, StepOutput,
                                          Trainer)
 
-__all__ = ["Run", "cli_main", "first_per_object", "RESULT_FILE"]
+__all__ = ["Run", "cli_main", "RESULT_FILE"]
 
 #: What every trainer leaves in its ``output_dir`` when it finishes (JSON, written atomically).
 RESULT_FILE = "result.json"

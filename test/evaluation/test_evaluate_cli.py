@@ -43,7 +43,8 @@ def split(tmp_path_factory) -> Path:
 def model_path(tmp_path_factory) -> Path:
     from pose6d_ros.models import PoseNet
     from pose6d_ros.registry import ObjectRegistry
-    from pose6d_ros.training.build import RunObjects, save_run_model
+    from pose6d_ros.registry import RunObjects
+    from pose6d_ros.training.build import save_run_model
 
     torch.manual_seed(0)
     net = PoseNet.from_config({"backbone": "mobilenet_v3_small", "num_objects": len(IDS), "crop_size": 64})

@@ -116,7 +116,8 @@ def test_training_diagnostics_score_like_evaluate():
     subsampled points)."""
     from pose6d_ros.geometry.camera import pixels_to_normalized
     from pose6d_ros.geometry.keypoints import project_points
-    from pose6d_ros.training.build import RunObjects, diagnostic_eval
+    from pose6d_ros.evaluation.evaluate import diagnostic_eval
+    from pose6d_ros.registry import RunObjects
 
     pts, R_gt, t_gt, R_est, t_est, ref, _ = _sphere_poses()
     B, S = len(ref), 64

@@ -217,7 +217,8 @@ def test_student_learns_each_objects_teacher_from_unlabeled_crops(root):
     res = distill.train(_cfg(root, out, "distill.synthetic=false", "distill.hint=false", "optim.max_steps=40",
                              "data.batch_size=8", "optim.lr=3e-3", "optim.grad_clip=0", "checkpoint.period=0"))
     model, _ = load_model(res["model"])
-    from pose6d_ros.training.build import TargetCrops, build_objects, items_from_detections
+    from pose6d_ros.data.target_crops import TargetCrops, items_from_detections
+    from pose6d_ros.training.build import build_objects
 
     objects = build_objects(_cfg(root, out))
     crops = TargetCrops(root / "train", items_from_detections(root / "train_detections.json", OBJECTS), objects, S)

@@ -82,7 +82,8 @@ def test_target_crops_box_matches_the_projected_object(tiny_suite):
     import numpy as np
 
     from pose6d_ros.geometry.keypoints import project_points
-    from pose6d_ros.training.build import TargetCrops, build_objects, items_from_split
+    from pose6d_ros.data.target_crops import TargetCrops, items_from_split
+    from pose6d_ros.training.build import build_objects
     from pose6d_ros.training.config import DEFAULTS, merge
 
     objects = build_objects(merge(DEFAULTS, {"data": {"root": str(tiny_suite), "suite": "lm-lite", "objects": [1]}}))

@@ -145,14 +145,3 @@ def test_nonfinite_gradient_skips_update():
     tr.train()
     assert tr.skipped_steps == 1
     torch.testing.assert_close(model.weight, w0, rtol=0, atol=0)
-
-
-def test_first_per_object_keeps_every_object():
-    from types import SimpleNamespace
-
-    from pose6d_ros.training.runner import first_per_object
-
-    items = [SimpleNamespace(obj_id=o, k=k) for o in (1, 2, 5) for k in range(4)]
-    kept = first_per_object(items, 2)
-    assert [(it.obj_id, it.k) for it in kept] == [(1, 0), (1, 1), (2, 0), (2, 1), (5, 0), (5, 1)]
-    assert first_per_object(items, 10) == items
