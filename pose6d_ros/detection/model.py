@@ -15,6 +15,9 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
+from pose6d_ros._io import atomic_torch_save, safe_torch_load
+from pose6d_ros._rng import rng_state
+
 __all__ = ["ARCHS", "TV_OFFSET", "DetectorSpec", "build_detector", "build_from_spec", "save_detector", "load_detector",
            "DetectorCheckpointError"]
 
@@ -90,8 +93,6 @@ def build_detector(num_classes: int, *, arch: str = ARCHS[0], min_size: int = 24
     model.roi_heads.box_head = TwoMLPHead(channels * resolution ** 2, box_head_dim)
     model.roi_heads.box_predictor = FastRCNNPredictor(box_head_dim, num_classes)
     if backbone_weights is not None:
-        from pose6d_ros._io import safe_torch_load
-
         path = Path(backbone_weights)
         if not path.is_file():
             raise FileNotFoundError(f"build_detector: backbone_weights file not found: {path}")
@@ -116,9 +117,6 @@ def save_detector(path: str | os.PathLike, model: torch.nn.Module, spec: Detecto
     """Write model + spec (+ optimizer, step, RNG) atomically (``_io.atomic_torch_save``).
 
     Only tensors and plain data, so :func:`load_detector` reads it with ``weights_only=True``."""
-    from pose6d_ros._io import atomic_torch_save
-    from pose6d_ros.training.checkpoint import rng_state
-
     state: Dict[str, Any] = {"format": _FORMAT, "spec": asdict(spec), "model": model.state_dict(),
                              "step": int(step), "rng": rng_state(), "extra": dict(extra or {})}
     if optimizer is not None:
@@ -138,8 +136,6 @@ def load_detector(path: str | os.PathLike, device: str | torch.device = "cpu",
         ``(model in eval mode on device, spec, raw state)``; the raw state holds ``step``,
         ``optimizer`` and ``rng`` for resuming.
     """
-    from pose6d_ros._io import safe_torch_load
-
     path = Path(path)
     if not path.is_file():
         raise DetectorCheckpointError(f"detector checkpoint not found: {path}")
