@@ -10,7 +10,8 @@ from pose6d_ros.runtime.backends import (
     select_providers,
 )
 from pose6d_ros.runtime.estimator import SKIP_REASONS, Detection, Estimator, PoseEstimate
-from pose6d_ros.runtime.onnx_export import export_onnx, quantize_onnx, read_onnx_card
+from pose6d_ros.runtime.onnx_card import read_onnx_card
+from pose6d_ros.runtime.onnx_export import export_onnx, quantize_onnx
 
 __all__ = [
     "KeypointPredictor", "OnnxPredictor", "OracleKeypointPredictor", "TorchPredictor", "make_predictor",

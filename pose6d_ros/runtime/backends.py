@@ -26,6 +26,7 @@ from pose6d_ros.data.crops import CropBatch
 from pose6d_ros.geometry.camera import CameraModel, crop_affine, distort_points, pixels_to_normalized
 from pose6d_ros.geometry.keypoints import transform_points
 from pose6d_ros.models.pose_net import ModelCard, ModelLoadError, PoseNet, load_model
+from pose6d_ros.runtime.onnx_card import card_from_metadata
 
 #: ONNX Runtime execution providers in order of preference.
 ORT_PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -164,8 +165,6 @@ class OnnxPredictor:
         cache_dir: Optional[Union[str, os.PathLike]] = None,
     ) -> None:
         import onnxruntime as ort
-
-        from pose6d_ros.runtime.onnx_export import card_from_metadata
 
         path = Path(path)
         if not path.is_file():

@@ -15,59 +15,27 @@ Command line (console script ``export_onnx``)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from pose6d_ros._checks import reading, run_cli
+from pose6d_ros.data.bop import BopDataset, load_detections
+from pose6d_ros.data.crops import bop_bbox_to_box
+from pose6d_ros.geometry.camera import CameraModel
 from pose6d_ros.models.pose_net import ModelCard, PoseNet, load_model
+from pose6d_ros.registry import ObjectRegistry
+from pose6d_ros.runtime.estimator import detection_crops
+from pose6d_ros.runtime.onnx_card import card_metadata, read_onnx_card
 
-ONNX_FORMAT = "pose6d_ros.onnx/1"
 INPUT_NAMES = ("crops", "object_index")
 OUTPUT_NAME = "keypoints"
 DEFAULT_OPSET = 18
-
-
-def card_metadata(card: ModelCard) -> dict[str, str]:
-    """The ``metadata_props`` written into the ONNX file (all values are strings)."""
-    return {
-        "format": ONNX_FORMAT,
-        "object_ids": json.dumps(list(card.object_ids)),
-        "object_names": json.dumps(list(card.object_names)),
-        "keypoints": json.dumps([[list(p) for p in obj] for obj in card.keypoints]),
-        "crop_size": str(card.crop_size),
-        "backbone": card.backbone,
-        "conditioning": card.conditioning,
-        "crop_padding": repr(card.crop_padding),
-        "parameters": str(card.parameters),
-        "macs_per_crop": str(card.macs_per_crop),
-        "training": json.dumps(card.training, sort_keys=True),
-        "model_card": card.to_json(),
-    }
-
-
-def card_from_metadata(meta: Mapping[str, str], source: str = "<onnx>") -> ModelCard:
-    """Inverse of :func:`card_metadata`; ``ValueError`` naming ``source`` if it is not ours."""
-    if meta.get("format") != ONNX_FORMAT or "model_card" not in meta:
-        raise ValueError(f"{source}: no pose6d_ros model card in the ONNX metadata (format "
-                         f"{meta.get('format')!r}, expected {ONNX_FORMAT!r})")
-    return ModelCard.from_json(meta["model_card"])
-
-
-def read_onnx_card(path: Union[str, os.PathLike]) -> ModelCard:
-    """The model card stored in the ONNX file at ``path``."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ONNX model {path} does not exist")
-    proto = onnx.load(str(path), load_external_data=False)
-    return card_from_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
 
 
 def export_onnx(
@@ -169,11 +137,6 @@ def calibration_crops(
     Raises:
         ValueError: if the split has no box of the card's objects.
     """
-    from pose6d_ros.data.bop import BopDataset, load_detections
-    from pose6d_ros.data.crops import bop_bbox_to_box
-    from pose6d_ros.geometry.camera import CameraModel
-    from pose6d_ros.runtime.estimator import detection_crops
-
     ds = BopDataset(split)
     rows = {oid: i for i, oid in enumerate(card.object_ids)}
     if detections is not None:
@@ -303,20 +266,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="BOP detections JSON giving the calibration split's boxes (default: its GT boxes)")
     parser.add_argument("--int8-crops", type=int, default=256, help="at most this many calibration crops")
     args = parser.parse_args(argv)
-    from pose6d_ros._checks import run_cli
-
     return run_cli("export_onnx", lambda: _export(args))
 
 
 def _export(args: argparse.Namespace) -> int:
     """The body of :func:`main` (bad input raises; ``run_cli`` turns it into one line and exit code 2)."""
-    from pose6d_ros._checks import reading
-
     with reading(args.checkpoint, "checkpoint"):
         model, card = load_model(args.checkpoint)
     if args.registry is not None:
-        from pose6d_ros.registry import ObjectRegistry
-
         with reading(args.registry, "--registry"):
             card.check_against(ObjectRegistry.from_yaml(args.registry))
     out = export_onnx(model, card, args.output, opset=args.opset, exporter=args.exporter)
