@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     log_path = Path(tmp.name) / "node.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RCUTILS_COLORIZED_OUTPUT": "0"}
     env.pop("OMP_NUM_THREADS", None)
-    node_proc = subprocess.Popen(node_command(model, [f"max_depth_m:={args.max_depth_m}", "warn_throttle_s:=2.0"]),
+    node_proc = subprocess.Popen(node_command(model, [f"max_depth_m:={args.max_depth_m}"]),
                                  stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
 
     rclpy.init()

@@ -22,7 +22,7 @@ from pose6d_ros.detection.model import DetectorCheckpointError
 from pose6d_ros.registry import ObjectRegistry, RegistryError
 from pose6d_ros.ros import conversions as conv
 from pose6d_ros.ros.spin import spin_node
-from pose6d_ros.ros.estimator_node import ThrottledWarnings
+from pose6d_ros.ros.diagnostics import FLUSH_PERIOD_S, ThrottledWarnings
 from pose6d_ros.ros.params import ParameterError, ParamSpec, declare_parameters, validate_schema
 
 DETECTOR_PARAMS: Dict[str, ParamSpec] = {
@@ -34,7 +34,8 @@ DETECTOR_PARAMS: Dict[str, ParamSpec] = {
     "min_score": ParamSpec(0.5, "Detections scoring below this are not published", range=(0.0, 1.0)),
     "qos_depth": ParamSpec(5, "History depth of the subscription and the publisher", range=(1, 1000)),
     "qos_reliability": ParamSpec("reliable", "Subscription reliability", choices=("reliable", "best_effort")),
-    "warn_throttle_s": ParamSpec(5.0, "Minimum seconds between two warnings of the same kind", range=(0.0, 3600.0)),
+    "warn_throttle_s": ParamSpec(4.0, "Minimum seconds between two lines of the same warning kind; occurrences in "
+                                 "between are reported when it has passed", range=(0.0, 3600.0)),
 }
 
 
@@ -64,6 +65,7 @@ class DetectorNode(Node):
         self.detector = Detector.from_file(p.model, p.device, min_score=p.min_score,
                                            expect_names=self.registry.names)
         self.warnings = ThrottledWarnings(self.get_logger(), p.warn_throttle_s)
+        self.create_timer(FLUSH_PERIOD_S, self.warnings.flush)
         self.frames_processed = 0
         reliability = ReliabilityPolicy.RELIABLE if p.qos_reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
         self.create_subscription(Image, p.image_topic, self._on_image, QoSProfile(depth=p.qos_depth,

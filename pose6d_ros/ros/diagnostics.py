@@ -13,6 +13,8 @@ Plain Python apart from the message types, so the rules are tested without a gra
 
 from __future__ import annotations
 
+import math
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
@@ -45,6 +47,43 @@ UNPAIRED_AGE_S = 1.0
 BUSY_WARN = 0.9
 
 OK, WARN, ERROR = 0, 1, 2
+
+#: How often the nodes flush warnings held back by the throttle (seconds).
+FLUSH_PERIOD_S = 0.25
+
+
+class ThrottledWarnings:
+    """At most one warning per kind per ``period`` seconds, and none lost.
+
+    A warning of a kind already logged less than ``period`` ago is held back; :meth:`flush` (a node
+    timer, every :data:`FLUSH_PERIOD_S`) logs the latest held-back text of each kind once its period
+    has passed, with the count of occurrences since the last line. So a fault that happens only while
+    its kind is throttled is still reported, within ``period`` + ``FLUSH_PERIOD_S`` seconds.
+    """
+
+    def __init__(self, logger, period: float, clock=time.monotonic):
+        self._logger, self._period, self._clock = logger, period, clock
+        self._last: Dict[str, float] = {}
+        self._held: Dict[str, Tuple[int, str]] = {}  # kind -> (occurrences held back, latest text)
+        self.counts: Counter = Counter()
+
+    def warn(self, kind: str, text: str) -> None:
+        self.counts[kind] += 1
+        if self._clock() - self._last.get(kind, -math.inf) < self._period:
+            held, _ = self._held.get(kind, (0, ""))
+            self._held[kind] = (held + 1, text)
+            return
+        self._emit(kind, text, self._held.pop(kind, (0, ""))[0])
+
+    def flush(self) -> None:
+        now = self._clock()
+        for kind in [k for k in self._held if now - self._last.get(k, -math.inf) >= self._period]:
+            held, text = self._held.pop(kind)
+            self._emit(kind, text, held - 1)
+
+    def _emit(self, kind: str, text: str, more: int) -> None:
+        self._last[kind] = self._clock()
+        self._logger.warning(f"[{kind}] {text}" + (f" ({more} more since the last warning)" if more else ""))
 
 
 @dataclass

@@ -31,8 +31,8 @@ from visualization_msgs.msg import MarkerArray
 from pose6d_ros.geometry.camera import CameraModel, check_plausible
 from pose6d_ros.registry import ObjectRegistry
 from pose6d_ros.ros import conversions as conv
-from pose6d_ros.ros.diagnostics import (INPUTS, NODE_DETECTION_REASONS, Counters, build_report, report_snapshot,
-                                        to_message)
+from pose6d_ros.ros.diagnostics import (FLUSH_PERIOD_S, INPUTS, NODE_DETECTION_REASONS, Counters, ThrottledWarnings,
+                                        build_report, report_snapshot, to_message)
 from pose6d_ros.ros.pairing import CameraSync, FramePairer, Pair, stamp_ns
 from pose6d_ros.ros.params import ESTIMATOR_PARAMS, EstimatorParams, ParameterError, declare_parameters, validate
 from pose6d_ros.ros.spin import one_line, spin_node
@@ -42,26 +42,6 @@ from pose6d_ros.runtime.visualize import draw_boxes
 
 #: Bytes a waiting detection array is counted for: its header plus about one Detection2D per entry.
 _DETECTION_BYTES = 256
-
-
-class ThrottledWarnings:
-    """One warning per kind per `period` seconds; repeats are counted and reported with the next."""
-
-    def __init__(self, logger, period: float):
-        self._logger, self._period = logger, period
-        self._last: Dict[str, float] = {}
-        self._suppressed: Dict[str, int] = {}
-        self.counts: Dict[str, int] = {}
-
-    def warn(self, kind: str, text: str) -> None:
-        self.counts[kind] = self.counts.get(kind, 0) + 1
-        now = time.monotonic()
-        if now - self._last.get(kind, -1e18) < self._period:
-            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-            return
-        extra = self._suppressed.pop(kind, 0)
-        self._last[kind] = now
-        self._logger.warning(f"[{kind}] {text}" + (f" ({extra} more since the last warning)" if extra else ""))
 
 
 class EstimatorNode(Node):
@@ -83,6 +63,7 @@ class EstimatorNode(Node):
                                    min_score=p.min_score, intra_op_threads=p.num_threads,
                                    min_box_px=p.min_box_px, depth_range=(p.min_depth_m, p.max_depth_m))
         self.warnings = ThrottledWarnings(self.get_logger(), p.warn_throttle_s)
+        self.create_timer(FLUSH_PERIOD_S, self.warnings.flush)
         self.cameras: CameraSync[CameraModel] = CameraSync(max_count=64)
         self._held: List[Tuple[float, Pair]] = []  # (deadline, frame) waiting for their camera_info
         self.counters = Counters()

@@ -60,7 +60,8 @@ ESTIMATOR_PARAMS: Dict[str, ParamSpec] = {
                                 range=(1, 10000)),
     "diagnostics_period_s": ParamSpec(1.0, "Seconds between two diagnostic_msgs/DiagnosticArray on /diagnostics "
                                       "(and between two checks for silent or unpaired inputs)", range=(0.1, 60.0)),
-    "warn_throttle_s": ParamSpec(5.0, "Minimum seconds between two warnings of the same kind", range=(0.0, 3600.0)),
+    "warn_throttle_s": ParamSpec(4.0, "Minimum seconds between two lines of the same warning kind; occurrences in "
+                                 "between are reported when it has passed", range=(0.0, 3600.0)),
 }
 
 
