@@ -10,6 +10,7 @@ of the robust reprojection objective ``f``, written out analytically: in the sol
 from its final state for the 2D points (:func:`_linearise`, :func:`_grad_points_2d`), and as a
 differentiable function of every input otherwise (:func:`_stationarity`).
 This is the ``P(h, K_crop) → y`` block of ``docs/method.md``.
+Its plain, readable twin (DLT + least-squares LM, no tables; tests compare the two): ``geometry/pnp_reference.py``.
 
 Conventions: ``x_cam = R @ x_model + t``; pixels in the OpenCV convention (``docs/conventions.md``).
 """
