@@ -44,9 +44,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from pose6d_ros._checks import check_same_batch, check_shape
 from pose6d_ros.geometry.keypoints import project_points
-from pose6d_ros.geometry.pnp import PnPResult
+from pose6d_ros.geometry.pnp import PnPResult, check_pnp_inputs
 
 #: A point set is flat (coplanar or collinear 3D points, collinear 2D points) when the smallest
 #: eigenvalue of its covariance is below this fraction of the largest: the DLT cannot fit it.
@@ -103,21 +102,7 @@ def solve_pnp_reference(points_2d: Tensor, points_3d: Tensor, K: Tensor, weights
         >>> res.t.round(decimals=6), res.failed
         (tensor([[0.0100, 0.0200, 0.5000]], dtype=torch.float64), tensor([False]))
     """
-    check_shape(points_2d, ("B", "N", 2), "points_2d")
-    B, N = points_2d.shape[:2]
-    if points_3d.dim() == 2:
-        check_shape(points_3d, (N, 3), "points_3d")
-        points_3d = points_3d.unsqueeze(0).expand(B, N, 3)
-    check_shape(points_3d, ("B", N, 3), "points_3d")
-    check_shape(K, ("B", 3, 3), "K")
-    check_same_batch(("points_2d", points_2d), ("points_3d", points_3d), ("K", K))
-    if weights is not None:
-        check_shape(weights, ("B", N), "weights")
-        check_same_batch(("points_2d", points_2d), ("weights", weights))
-    if N < 6:
-        raise ValueError(f"points_2d: the DLT initialisation needs N >= 6 points, got N={N}")
-    if not (points_2d.dtype == points_3d.dtype == K.dtype):
-        raise TypeError(f"points_2d/points_3d/K: dtypes differ ({points_2d.dtype}, {points_3d.dtype}, {K.dtype})")
+    points_3d = check_pnp_inputs(points_2d, points_3d, K, weights)
     if weights is None:
         weights = torch.ones_like(points_2d[..., 0])
     if tol is None:
