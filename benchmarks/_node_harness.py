@@ -75,3 +75,46 @@ def header_at(k: int, period_ns: int, frame_id: str = "camera_optical"):
     header = Header(frame_id=frame_id)
     header.stamp.sec, header.stamp.nanosec = divmod(1000 * 1_000_000_000 + k * period_ns, 1_000_000_000)
     return header
+
+
+def wait_until_subscribed(publishers, node_proc, log_path: Path, label: str, timeout: float = 120.0) -> None:
+    """Block until the node process subscribes to every publisher; exit with its log if it dies first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while any(pub.get_subscription_count() == 0 for pub in publishers):
+        if node_proc.poll() is not None:
+            print(log_path.read_text())
+            raise SystemExit(f"{label}: the node exited with {node_proc.returncode} before subscribing")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{label}: the node did not subscribe within {timeout:g} s")
+        time.sleep(0.2)
+
+
+def stop(node_proc, executor, client_node) -> None:
+    """SIGINT the node process (kill after 15 s), then shut down this process's client node and rclpy."""
+    import signal
+    import subprocess
+
+    import rclpy
+
+    node_proc.send_signal(signal.SIGINT)
+    try:
+        node_proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        node_proc.kill()
+    executor.shutdown()
+    client_node.destroy_node()
+    rclpy.shutdown()
+
+
+def start_node(model: Path, params: List[str], log_path: Path):
+    """The estimator node as its own process, its output in ``log_path``; it sets its own thread counts
+    (``num_threads``), so this process's ``OMP_NUM_THREADS`` is not passed on."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RCUTILS_COLORIZED_OUTPUT": "0"}
+    env.pop("OMP_NUM_THREADS", None)
+    return subprocess.Popen(node_command(model, params), stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+                            env=env)

@@ -25,7 +25,6 @@ import argparse
 import math
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,7 +41,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 import numpy as np  # noqa: E402
 
 from benchmarks._node_harness import (HEIGHT, K, REGISTRY_YAML, WIDTH, camera_info_msg, header_at,  # noqa: E402
-                                     node_command, rss_mb, scene, untrained_model)
+                                     rss_mb, scene, start_node, stop,
+                                     untrained_model, wait_until_subscribed)
 
 
 @dataclass
@@ -154,10 +154,7 @@ def main(argv=None) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="node_fuzz_")
     model = Path(args.model) if args.model else untrained_model(Path(tmp.name))
     log_path = Path(args.log) if args.log else Path(tmp.name) / "node.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RCUTILS_COLORIZED_OUTPUT": "0"}
-    env.pop("OMP_NUM_THREADS", None)
-    node_proc = subprocess.Popen(node_command(model, [f"max_depth_m:={args.max_depth_m}"]),
-                                 stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
+    node_proc = start_node(model, [f"max_depth_m:={args.max_depth_m}"], log_path)
 
     rclpy.init()
     node = rclpy.create_node("node_fuzz_client")
@@ -208,14 +205,7 @@ def main(argv=None) -> int:
     rss_start: Optional[float] = None
     rss_max = 0.0
     try:
-        deadline = time.monotonic() + 120
-        while pub_img.get_subscription_count() == 0 or pub_det.get_subscription_count() == 0:
-            if node_proc.poll() is not None:
-                print(log_path.read_text())
-                raise SystemExit(f"node_fuzz: the node exited with {node_proc.returncode} before subscribing")
-            if time.monotonic() > deadline:
-                raise SystemExit("node_fuzz: the node did not subscribe within 120 s")
-            time.sleep(0.2)
+        wait_until_subscribed((pub_img, pub_det), node_proc, log_path, "node_fuzz")
         start, k = time.monotonic(), 0
         while sent < args.messages:
             r = _round(k, frames, period_ns, registry, rng)
@@ -241,14 +231,7 @@ def main(argv=None) -> int:
         rss_max = max(rss_max, rss_end)
         alive = node_proc.poll() is None
     finally:
-        node_proc.send_signal(2)
-        try:
-            node_proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            node_proc.kill()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown()
+        stop(node_proc, executor, node)
 
     log_text = log_path.read_text()
     print(f"node_fuzz: {sent} messages in {k} rounds at {args.rate:g} msg/s, model={model.name}, "

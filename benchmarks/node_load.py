@@ -35,8 +35,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 import numpy as np  # noqa: E402
 
-from benchmarks._node_harness import (BUSY_LOOP, REGISTRY_YAML, camera_info_msg, header_at, node_command,  # noqa: E402
-                                     rss_mb, scene, untrained_model)
+from benchmarks._node_harness import (BUSY_LOOP, REGISTRY_YAML, camera_info_msg, header_at, rss_mb,  # noqa: E402
+                                     scene, start_node, stop, untrained_model, wait_until_subscribed)
 
 
 def main(argv=None) -> int:
@@ -65,10 +65,7 @@ def main(argv=None) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="node_load_")
     model = Path(args.model) if args.model else untrained_model(Path(tmp.name))
     log_path = Path(tmp.name) / "node.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RCUTILS_COLORIZED_OUTPUT": "0"}
-    env.pop("OMP_NUM_THREADS", None)  # the node picks its own thread counts (its num_threads parameter)
-    node_proc = subprocess.Popen(node_command(model, args.node_arg), stdout=open(log_path, "w"),
-                                 stderr=subprocess.STDOUT, env=env)
+    node_proc = start_node(model, args.node_arg, log_path)
     busy = None if args.no_busy else subprocess.Popen(
         [sys.executable, "-c", BUSY_LOOP], env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
 
@@ -96,14 +93,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     frames = [scene(registry, args.detections, rng) for _ in range(8)]
     try:
-        deadline = time.monotonic() + 120
-        while pub_img.get_subscription_count() == 0 or pub_det.get_subscription_count() == 0:
-            if node_proc.poll() is not None:
-                print(log_path.read_text())
-                raise SystemExit(f"node_load: the node exited with {node_proc.returncode} before subscribing")
-            if time.monotonic() > deadline:
-                raise SystemExit("node_load: the node did not subscribe within 120 s")
-            time.sleep(0.2)
+        wait_until_subscribed((pub_img, pub_det), node_proc, log_path, "node_load")
         period = 1.0 / args.rate
         total = args.warmup + args.duration
         start = time.monotonic()
@@ -134,14 +124,7 @@ def main(argv=None) -> int:
     finally:
         if busy is not None:
             busy.kill()
-        node_proc.send_signal(2)
-        try:
-            node_proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            node_proc.kill()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown()
+        stop(node_proc, executor, node)
 
     with lock:
         keys = sorted(sent)[measure_from:]
