@@ -1,0 +1,38 @@
+"""docs/ros-interface.md lists every node parameter with the schema's type and default."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import pytest
+
+from pose6d_ros.ros.detector_node import DETECTOR_PARAMS
+from pose6d_ros.ros.params import ESTIMATOR_PARAMS
+
+DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "ros-interface.md"
+
+
+def _table(section: str):
+    text = DOC.read_text()
+    body = text[text.index(section):]
+    body = body[:body.index("\n## ", 1)]
+    rows = re.findall(r"^\| `(\w+)` \| (\w+) \| `([^`]*)` \|", body, re.M)
+    return {name: (kind, default) for name, kind, default in rows}
+
+
+def _doc_default(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return value or '""'
+    return repr(value)
+
+
+@pytest.mark.parametrize("section,schema", [("## Parameters of the estimator", ESTIMATOR_PARAMS),
+                                            ("## Parameters of the detector", DETECTOR_PARAMS)])
+def test_parameter_tables_match_the_schema(section, schema):
+    rows = _table(section)
+    assert sorted(rows) == sorted(schema), "the doc's parameters differ from the schema's"
+    for name, spec in schema.items():
+        assert rows[name] == (type(spec.default).__name__, _doc_default(spec.default)), name
