@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 from pose6d_ros.data.augment import ColorAugmentConfig, color_augment, cross_domain_occlusion  # noqa: E402
-from pose6d_ros.data.crops import crop_image_cv2, crop_images, square_windows  # noqa: E402
+from pose6d_ros.data.crops import DEFAULT_CROP_PADDING, crop_image_cv2, crop_images, square_windows  # noqa: E402
 
 
 def _interleaved(fns: Dict[str, Callable[[], object]], reps: int = 15) -> Dict[str, float]:
@@ -43,7 +43,7 @@ def bench_crops(n: int, size: int = 128) -> None:
     img_t = torch.from_numpy(img_f).permute(2, 0, 1)[None].contiguous()
     c = torch.rand(n, 2, generator=g) * torch.tensor([600.0, 440.0]) + 20
     wh = torch.rand(n, 2, generator=g) * 120 + 40
-    windows = square_windows(torch.cat((c - wh / 2, c + wh / 2), 1), 1.3)
+    windows = square_windows(torch.cat((c - wh / 2, c + wh / 2), 1), DEFAULT_CROP_PADDING)
     win_np = windows.double().numpy()
     res = _interleaved({
         "cv2 loop (ref)": lambda: np.stack([crop_image_cv2(img_f, w, size) for w in win_np]),

@@ -40,6 +40,8 @@ from typing import Any, Iterator, List, Mapping, Sequence
 import numpy as np
 import torch
 
+from pose6d_ros.geometry.keypoints import box_keypoints
+
 UNIT_TO_M: dict[str, float] = {"m": 1.0, "cm": 0.01, "mm": 0.001}
 PYBULLET_SCHEME = "pybullet_data://"
 APPEARANCE_KINDS = ("file", "regions", "bands")
@@ -465,8 +467,6 @@ def mesh_diameter(vertices: np.ndarray) -> float:
 def box_keypoints_np(vertices: np.ndarray, with_centroid: bool = True) -> np.ndarray:
     """``(9, 3)`` (or ``(8, 3)``) float64 tight-box keypoints of ``vertices`` ``(N, 3)``, in the order of
     docs/conventions.md (one definition: ``pose6d_ros.geometry.keypoints.box_keypoints``)."""
-    from pose6d_ros.geometry.keypoints import box_keypoints
-
     v = torch.as_tensor(np.asarray(vertices, dtype=np.float64))
     return box_keypoints(v, with_centroid=with_centroid).numpy().astype(np.float64)
 

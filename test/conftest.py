@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch._dynamo  # noqa: F401  before any OSMesa context exists: later torch.optim use segfaults otherwise
+
+from pose6d_ros.rendering._gl import preload_compiler
+
+preload_compiler()  # tests import pyrender directly too: torch's compiler stack first (rendering/_gl.py)
 
 _DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

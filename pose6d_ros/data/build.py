@@ -32,7 +32,12 @@ from typing import Sequence
 
 import numpy as np
 
+from pose6d_ros._checks import run_cli
 from pose6d_ros._io import atomic_write_json
+from pose6d_ros.data import bop
+from pose6d_ros.data.simreal import APPEARANCE, RealDomainConfig, RealRenderer, bbox_of, sample_frames
+from pose6d_ros.data.suites import SUITE_NAMES, load_suite_registry
+from pose6d_ros.registry import ObjectRegistry
 
 SPLITS = ("train", "diag", "test")
 
@@ -78,8 +83,6 @@ _WORKER: dict = {}
 
 def _init_worker(registry_yaml: str, cfg_json: str, seed: int, out: str) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from pose6d_ros.data.simreal import RealRenderer
-    from pose6d_ros.registry import ObjectRegistry
 
     reg = ObjectRegistry.from_yaml(registry_yaml)
     cfg = _cfg_from_json(cfg_json)
@@ -87,8 +90,6 @@ def _init_worker(registry_yaml: str, cfg_json: str, seed: int, out: str) -> None
 
 
 def _cfg_from_json(s: str):
-    from pose6d_ros.data.simreal import RealDomainConfig
-
     d = json.loads(s)
     d["K"] = np.asarray(d["K"])
     for k, v in d.items():
@@ -99,9 +100,6 @@ def _cfg_from_json(s: str):
 
 def _render_job(job: tuple) -> list[dict]:
     """Render and write the images of one job ``(split, specs, depth)``; return their annotations."""
-    from pose6d_ros.data import bop
-    from pose6d_ros.data.simreal import bbox_of
-
     split, specs, write_depth = job
     rr, out = _WORKER["renderer"], _WORKER["out"]
     labelled = split != "train"
@@ -137,10 +135,6 @@ def build(suite: str, out: Path, images_per_object: int = 120, seed: int = 0, wo
     ``cfg`` is a ``simreal.RealDomainConfig`` (default: the LINEMOD-like defaults); ``appearance``
     names its preset in the summary.
     """
-    from pose6d_ros.data import bop
-    from pose6d_ros.data.simreal import RealDomainConfig, sample_frames
-    from pose6d_ros.data.suites import load_suite_registry
-
     t0 = time.time()
     out = Path(out)
     if images_per_object < 1 or workers < 1:
@@ -192,8 +186,6 @@ def build(suite: str, out: Path, images_per_object: int = 120, seed: int = 0, wo
 
 
 def _write_annotations(out: Path, records: list[dict], cfg) -> None:
-    from pose6d_ros.data import bop
-
     by_scene: dict[tuple[str, int], list[dict]] = {}
     for r in records:
         by_scene.setdefault((r["split"], r["scene_id"]), []).append(r)
@@ -221,8 +213,6 @@ def _write_models(registry, models_dir: Path) -> None:
     """BOP models: ``obj_XXXXXX.ply`` in millimetres with vertex colours, plus ``models_info.json``."""
     import trimesh
 
-    from pose6d_ros.data import bop
-
     models_dir.mkdir(parents=True, exist_ok=True)
     infos = {}
     for o in registry:
@@ -240,10 +230,6 @@ def _write_models(registry, models_dir: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``build_suite``: exit code 0 (the summary in ``OUT/build_info.json``), or 2 with
     one line on bad input."""
-    from pose6d_ros._checks import run_cli
-    from pose6d_ros.data.simreal import APPEARANCE, RealDomainConfig
-    from pose6d_ros.data.suites import SUITE_NAMES
-
     p = argparse.ArgumentParser(description="Build a simulated real dataset (BOP format) for an object suite.")
     p.add_argument("--suite", required=True, choices=SUITE_NAMES)
     p.add_argument("--out", required=True, type=Path)

@@ -27,7 +27,7 @@ from pose6d_ros._checks import check_same_batch, check_shape
 from pose6d_ros.geometry.camera import crop_affine, crop_intrinsics
 
 __all__ = [
-    "CropConfig",
+    "DEFAULT_CROP_PADDING",
     "CropBatch",
     "bop_bbox_to_box",
     "coco_bbox_to_box",
@@ -40,21 +40,10 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class CropConfig:
-    """How detections become network inputs.
-
-    Attributes:
-        size: crop side ``S`` in pixels.
-        padding: window side / max box side.
-        jitter_shift: max centre shift, as a fraction of the box width/height (training only).
-        jitter_scale: max relative change of the box size, ``s ~ U(1 - j, 1 + j)`` (training only).
-    """
-
-    size: int = 128
-    padding: float = 1.3
-    jitter_shift: float = 0.1
-    jitter_scale: float = 0.15
+#: Crop window side over the detection box's longer side, unless a recipe (``data.crop_padding``) says
+#: otherwise. A model is served with the padding it was trained with: the value travels in its model
+#: card (``ModelCard.crop_padding``), which the runtime and ``evaluate`` read.
+DEFAULT_CROP_PADDING = 1.3
 
 
 @dataclass(frozen=True)
@@ -106,7 +95,7 @@ def coco_bbox_to_box(bbox: torch.Tensor) -> torch.Tensor:
     return torch.stack((x - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5), dim=-1)
 
 
-def square_windows(boxes: torch.Tensor, padding: float = 1.3, min_side: float = 1.0) -> torch.Tensor:
+def square_windows(boxes: torch.Tensor, padding: float, min_side: float = 1.0) -> torch.Tensor:
     """Square crop windows centred on ``boxes`` with side ``padding * max(w, h)``.
 
     Args:
@@ -276,7 +265,7 @@ def crop_detections(
     K: torch.Tensor,
     boxes: torch.Tensor,
     size: int = 128,
-    padding: float = 1.3,
+    padding: float = DEFAULT_CROP_PADDING,
 ) -> CropBatch:
     """Runtime entry: one image, many detections -> network inputs and their intrinsics.
 

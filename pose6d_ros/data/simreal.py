@@ -15,15 +15,14 @@ whole life and moves nodes with ``set_pose`` (rebuilding scenes leaks memory on 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
 from pose6d_ros.registry import ObjectRegistry
-
-os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+from pose6d_ros.rendering._gl import import_pyrender  # sets the OSMesa platform before anything loads OpenGL
+from pose6d_ros.rendering.pyrender_ref import install_stable_shader_cache
 
 #: LINEMOD's Kinect intrinsics (640x480), used as the default "real" camera.
 LINEMOD_K = np.array([[572.4114, 0.0, 325.2611], [0.0, 573.57043, 242.04899], [0.0, 0.0, 1.0]])
@@ -336,18 +335,6 @@ def crop_photo(photo: np.ndarray, box: tuple[float, float, float, bool], width: 
     return out[:, ::-1].copy() if flip else out
 
 
-def _load_llvm_users_before_osmesa() -> None:
-    """Import torch's compiler stack (and so triton's LLVM) before OSMesa's llvmpipe is loaded.
-
-    The other order segfaults: building any ``torch.optim`` optimizer after an OSMesa context exists
-    imports triton, whose LLVM clashes with the one Mesa already loaded.
-    """
-    try:
-        import torch._dynamo  # noqa: F401
-    except ImportError:
-        pass
-
-
 class RealRenderer:
     """Renders :class:`FrameSpec` s with ONE pyrender scene holding every registered object.
 
@@ -360,9 +347,9 @@ class RealRenderer:
     """
 
     def __init__(self, registry: ObjectRegistry, cfg: RealDomainConfig, seed: int = 0, perturb: bool = True):
-        _load_llvm_users_before_osmesa()
-        import pyrender
         import trimesh
+
+        pyrender = import_pyrender()  # torch's compiler stack first (rendering/_gl.py)
 
         self._pr = pyrender
         self.cfg = cfg
@@ -400,8 +387,6 @@ class RealRenderer:
         self.shadow_cam_node = self.scene.add(
             pyrender.PerspectiveCamera(yfov=1.0, znear=0.02, zfar=20.0, aspectRatio=cfg.width / cfg.height),
             pose=np.eye(4))
-        from pose6d_ros.rendering.pyrender_ref import install_stable_shader_cache
-
         self.renderer = pyrender.OffscreenRenderer(cfg.width, cfg.height)
         install_stable_shader_cache(self.renderer, pyrender)
         self._photos = None

@@ -22,8 +22,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from pose6d_ros.data.crops import DEFAULT_CROP_PADDING, jitter_boxes, square_windows
 from pose6d_ros.data.simreal import LINEMOD_K, look_at_rotation, sample_view_dirs
+from pose6d_ros.geometry.camera import crop_intrinsics, pixels_to_normalized
+from pose6d_ros.geometry.keypoints import project_points
 from pose6d_ros.registry import ObjectRegistry
+from pose6d_ros.rendering.mesh import pack_objects
+from pose6d_ros.rendering.renderer import RenderSettings, render
 
 
 @dataclass
@@ -53,7 +58,7 @@ class SyntheticConfig:
     viewpoints: str = "upper"
     inplane_deg: float = 45.0
     center_margin: float = 0.2
-    padding: float = 1.3
+    padding: float = DEFAULT_CROP_PADDING
     jitter_shift: float = 0.1
     jitter_scale: float = 0.15
     ambient: tuple[float, float] = (0.3, 0.7)
@@ -87,8 +92,6 @@ class SyntheticCrops(torch.utils.data.Dataset):
 
     def __init__(self, registry: ObjectRegistry, length: int, cfg: SyntheticConfig | None = None,
                  seed: int = 0, device: str | torch.device = "cpu") -> None:
-        from pose6d_ros.rendering.mesh import Mesh, pack_meshes
-
         self.registry = registry
         self.length = int(length)
         self.cfg = cfg or SyntheticConfig()
@@ -98,12 +101,7 @@ class SyntheticCrops(torch.utils.data.Dataset):
         for i in ids:
             registry.get(int(i))  # KeyError naming the registry for unknown ids
         self.object_ids = [int(i) for i in ids]
-        meshes = []
-        for o in registry:  # pack every object so mesh index == registry.index_of(id)
-            tm = o.load_mesh()
-            meshes.append(Mesh.from_arrays(np.asarray(tm.vertices, np.float32), np.asarray(tm.faces),
-                                           np.asarray(tm.visual.vertex_colors)[:, :3] / 255.0, name=o.name))
-        self.meshes = pack_meshes(meshes, device=self.device)
+        self.meshes = pack_objects(list(registry), device=self.device)  # mesh index == registry.index_of(id)
         self.model_keypoints = torch.as_tensor(registry.keypoints(), dtype=torch.float32, device=self.device)
         self.diameters = registry.diameters()
         self.K = np.asarray(self.cfg.K if self.cfg.K is not None else LINEMOD_K, dtype=np.float64)
@@ -120,9 +118,6 @@ class SyntheticCrops(torch.utils.data.Dataset):
 
     def sample_poses(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         """Draw objects, full-frame poses and crop windows for ``indices`` (no rendering)."""
-        from pose6d_ros.data.crops import jitter_boxes, square_windows
-        from pose6d_ros.geometry.camera import crop_intrinsics
-
         cfg, K = self.cfg, self.K
         H, W = cfg.image_size
         n = len(indices)
@@ -159,8 +154,6 @@ class SyntheticCrops(torch.utils.data.Dataset):
 
     def _boxes(self, obj_index: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
         """``(B, 4)`` tight 2D boxes (edges) of the projected meshes in the full frame."""
-        from pose6d_ros.geometry.keypoints import project_points
-
         verts = self.meshes.vertices[obj_index]
         valid = torch.arange(verts.shape[1], device=verts.device)[None] < self.meshes.num_vertices[obj_index][:, None]
         uv = project_points(verts, R, t, K)
@@ -171,10 +164,6 @@ class SyntheticCrops(torch.utils.data.Dataset):
 
     def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         """Render samples ``indices`` in one batch (see the class docstring for the keys)."""
-        from pose6d_ros.geometry.camera import pixels_to_normalized
-        from pose6d_ros.geometry.keypoints import project_points
-        from pose6d_ros.rendering.renderer import RenderSettings, render
-
         indices = [int(i) for i in indices]
         out = self.sample_poses(indices)
         cfg, S, n = self.cfg, self.cfg.size, len(indices)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from pose6d_ros._checks import check_shape
+from pose6d_ros.data.bop import BopDataset
 from pose6d_ros.detection.model import TV_OFFSET, DetectorSpec, load_detector
 from pose6d_ros.registry import ObjectRegistry
 
@@ -155,8 +156,6 @@ def evaluate_recall(detector: Detector, bop_split_dir: str | os.PathLike, regist
     ``min_visib_fract`` (needs ``scene_gt_info.json``), are not counted. ``max_images`` evaluates
     that many images spread evenly over the split (sorted by scene and image id).
     """
-    from pose6d_ros.data.bop import BopDataset
-
     split = Path(bop_split_dir)
     ds = BopDataset(split, min_visib_fract=min_visib_fract)
     if not ds.labelled:

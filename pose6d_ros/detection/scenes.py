@@ -20,7 +20,12 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
+from pose6d_ros.data.augment import ColorAugmentConfig, color_augment
+from pose6d_ros.data.simreal import LINEMOD_K, look_at_rotation, sample_view_dirs
+from pose6d_ros.data.synthetic import random_backgrounds
 from pose6d_ros.registry import ObjectRegistry
+from pose6d_ros.rendering.mesh import pack_objects
+from pose6d_ros.rendering.renderer import RenderSettings, render
 
 __all__ = ["SceneConfig", "SceneBatch", "DetectionScenes", "mask_boxes", "scaled_intrinsics"]
 
@@ -67,8 +72,6 @@ class SceneConfig:
     augment: bool = True
 
     def intrinsics(self) -> np.ndarray:
-        from pose6d_ros.data.simreal import LINEMOD_K
-
         if self.K is not None:
             return np.asarray(self.K, dtype=np.float64)
         return scaled_intrinsics(LINEMOD_K, self.image_size[1] / 640.0)
@@ -152,8 +155,6 @@ class DetectionScenes:
 
     def __init__(self, registry: ObjectRegistry, cfg: SceneConfig | None = None, seed: int = 0,
                  device: str | torch.device = "cpu") -> None:
-        from pose6d_ros.rendering.mesh import Mesh, pack_meshes
-
         self.registry = registry
         self.cfg = cfg or SceneConfig()
         self.seed = int(seed)
@@ -161,12 +162,7 @@ class DetectionScenes:
         lo, hi = self.cfg.objects_per_frame
         if not 1 <= lo <= hi:
             raise ValueError(f"SceneConfig.objects_per_frame: expected 1 <= lo <= hi, got {self.cfg.objects_per_frame}")
-        meshes = []
-        for o in registry:  # mesh index == registry.index_of(id)
-            tm = o.load_mesh()
-            meshes.append(Mesh.from_arrays(np.asarray(tm.vertices, np.float32), np.asarray(tm.faces),
-                                           np.asarray(tm.visual.vertex_colors)[:, :3] / 255.0, name=o.name))
-        self.meshes = pack_meshes(meshes, device=self.device)
+        self.meshes = pack_objects(list(registry), device=self.device)  # mesh index == registry.index_of(id)
         self.diameters = registry.diameters()
         self.K = self.cfg.intrinsics()
 
@@ -176,8 +172,6 @@ class DetectionScenes:
 
     def sample_poses(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(B, M)`` registry indices (``-1`` empty), ``(B, M, 3, 3)`` R and ``(B, M, 3)`` t."""
-        from pose6d_ros.data.simreal import look_at_rotation, sample_view_dirs
-
         cfg, K = self.cfg, self.K
         H, W = cfg.image_size
         n, M = len(indices), self.max_objects
@@ -202,10 +196,6 @@ class DetectionScenes:
 
     def batch(self, indices: Sequence[int]) -> SceneBatch:
         """Render frames ``indices`` (see :class:`SceneBatch`)."""
-        from pose6d_ros.data.augment import ColorAugmentConfig, color_augment
-        from pose6d_ros.data.synthetic import random_backgrounds
-        from pose6d_ros.rendering.renderer import RenderSettings, render
-
         indices = [int(i) for i in indices]
         if not indices:
             raise ValueError("DetectionScenes.batch: empty indices")

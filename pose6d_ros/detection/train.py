@@ -26,6 +26,10 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from pose6d_ros._checks import InputError, reading, run_cli
+from pose6d_ros._io import atomic_write_json
+from pose6d_ros.data.augment import ColorAugmentConfig, color_augment
+from pose6d_ros.detection.infer import Detector, evaluate_recall
 from pose6d_ros.detection.model import (ARCHS, TV_OFFSET, DetectorSpec, build_from_spec,
                                         load_detector, save_detector)
 from pose6d_ros.detection.scenes import DetectionScenes, SceneConfig
@@ -58,8 +62,6 @@ class ReplayBuffer:
 
 
 def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    from pose6d_ros.data.augment import ColorAugmentConfig, color_augment
-
     return color_augment(images, ColorAugmentConfig(), generator=generator)
 
 
@@ -130,8 +132,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console script ``train_detector``: exit code 0 (result in ``<out stem>.result.json``), 2 with one
     line naming the file on bad input, 130 when interrupted (the last checkpoint is kept)."""
-    from pose6d_ros._checks import run_cli
-
     args = _parser().parse_args(argv)
     return run_cli("train_detector", lambda: _run(args))
 
@@ -143,9 +143,6 @@ def result_path(checkpoint: str | Path) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pose6d_ros._checks import InputError, reading
-    from pose6d_ros._io import atomic_write_json
-
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     with reading(args.objects, "--objects"):
@@ -194,8 +191,6 @@ def _run(args: argparse.Namespace) -> int:
         save_detector(out, model, spec, step=step, optimizer=optimizer, extra={"next_frame": next_frame})
     result = {"checkpoint": str(out), "step": step, "objects": list(spec.object_names), "arch": spec.arch}
     if args.eval:
-        from pose6d_ros.detection.infer import Detector, evaluate_recall
-
         det = Detector.from_file(out, args.device, min_score=0.0)
         rep = evaluate_recall(det, args.eval, registry, min_score=args.min_score,
                               max_images=args.eval_max_images or None)

@@ -21,7 +21,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from pose6d_ros._io import atomic_write_text
+from pose6d_ros._checks import InputError, reading, run_cli
+from pose6d_ros._io import atomic_write_json, atomic_write_text
 from pose6d_ros.data.target_crops import TargetCrops, first_per_object, items_from_split
 from pose6d_ros.evaluation.tables import (
     BopEstimate,
@@ -31,6 +32,10 @@ from pose6d_ros.evaluation.tables import (
     recall_table,
     save_bop_results,
 )
+from pose6d_ros.geometry import metrics
+from pose6d_ros.geometry.camera import normalized_to_pixels
+from pose6d_ros.geometry.pnp import solve_pnp
+from pose6d_ros.models import load_model
 from pose6d_ros.registry import ObjectInfo, ObjectRegistry, RunObjects
 
 __all__ = ["InstancePrediction", "predict_split", "score_poses", "score_predictions", "predict_crops", "diagnostic_eval",
@@ -76,9 +81,6 @@ def predict_crops(model: torch.nn.Module, images: torch.Tensor, K_crop: torch.Te
     Returns:
         ``(PnPResult, keypoints (B, K, 2) normalised)``.
     """
-    from pose6d_ros.geometry.camera import normalized_to_pixels
-    from pose6d_ros.geometry.pnp import solve_pnp
-
     S = images.shape[-1]
     h = model(images, object_index).float()
     uv = normalized_to_pixels(h, S)
@@ -129,8 +131,6 @@ def score_poses(info: ObjectInfo, R: torch.Tensor, t: torch.Tensor, R_gt: torch.
         ``{"ADD(-S)": (B,) bool, "2D proj 5px": (B,) bool, "add_error": (B,) metres,
         "proj_error": (B,) pixels}``.
     """
-    from pose6d_ros.geometry import metrics
-
     verts = torch.as_tensor(np.asarray(info.model_vertices(), dtype=np.float64))
     query = verts
     if len(verts) > max_points:
@@ -217,8 +217,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     Prints the table and writes ``results.md``, ``results.csv``, the BOP CSV and ``result.json`` to
     ``--out`` (default: ``eval-<dataset>-<split>/`` beside the model)."""
-    from pose6d_ros._checks import run_cli
-
     ap = argparse.ArgumentParser(prog="evaluate", description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="Φ checkpoint (pose6d_ros.models.save_model)")
     ap.add_argument("--split", required=True, help="BOP split folder, e.g. data/lm-lite/test")
@@ -228,7 +226,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="folder for results.md/.csv, the BOP CSV and result.json "
                          "(default: eval-<dataset>-<split>/ beside the model)")
     ap.add_argument("--limit", type=int, default=None, help="evaluate at most this many instances of each object")
-    ap.add_argument("--padding", type=float, default=1.3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     a = ap.parse_args(argv)
@@ -237,10 +234,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def evaluate(a: argparse.Namespace) -> Dict[str, object]:
     """The body of :func:`main`; returns what ``result.json`` holds."""
-    from pose6d_ros._checks import InputError, reading
-    from pose6d_ros._io import atomic_write_json
-    from pose6d_ros.models import load_model
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if a.limit is not None and a.limit < 1:
         raise InputError(f"--limit must be >= 1, got {a.limit}")
@@ -260,7 +253,7 @@ def evaluate(a: argparse.Namespace) -> Dict[str, object]:
     items = items_from_split(a.split, ids)
     if a.limit is not None:  # per object: a global cap would keep only the first objects of the split
         items = first_per_object(items, a.limit)
-    crops = TargetCrops(a.split, items, objects, card.crop_size, padding=a.padding)
+    crops = TargetCrops(a.split, items, objects, card.crop_size, padding=card.crop_padding)  # as trained
     preds = predict_split(model, crops, torch.from_numpy(card.keypoints_array).float(), device=a.device)
     table = score_predictions(preds, registry)
     split = Path(a.split).resolve()

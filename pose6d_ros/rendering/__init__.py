@@ -1,6 +1,6 @@
 """Rendering: meshes, the differentiable rasterizer (pure PyTorch), the pyrender reference.
 
-``pyrender_ref`` is not imported here: importing pyrender sets up OpenGL (OSMesa).
+``pyrender_ref`` is not imported here: it is the optional OSMesa reference (pyrender through ``_gl``).
 """
 
 from pose6d_ros.rendering.mesh import Mesh, MeshBatch, decimate, load_mesh, pack_meshes

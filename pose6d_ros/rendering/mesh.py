@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pose6d_ros._checks import check_shape
+from pose6d_ros.registry import ObjectInfo
 
 __all__ = [
     "Mesh",
@@ -25,6 +26,8 @@ __all__ = [
     "load_mesh",
     "decimate",
     "pack_meshes",
+    "object_mesh",
+    "pack_objects",
     "UNIT_SCALE",
 ]
 
@@ -517,3 +520,21 @@ def pack_meshes(
         ),
     )
     return batch.to(device, dtype)
+
+
+def object_mesh(obj: ObjectInfo) -> Mesh:
+    """A registry object as rendered: model frame, metres, its appearance's vertex colours
+    (:meth:`pose6d_ros.registry.ObjectInfo.load_mesh`)."""
+    tm = obj.load_mesh()
+    return Mesh.from_arrays(np.asarray(tm.vertices, np.float32), np.asarray(tm.faces),
+                            np.asarray(tm.visual.vertex_colors)[:, :3] / 255.0, name=obj.name)
+
+
+def pack_objects(objects: Sequence[ObjectInfo], device: Union[str, torch.device] = "cpu",
+                 max_faces: Optional[int] = None) -> MeshBatch:
+    """Registry objects packed for the renderer: mesh ``i`` (the renderer's object index ``i``) is
+    ``objects[i]``. With ``max_faces``, a mesh with more faces is decimated (:func:`decimate`)."""
+    meshes = [object_mesh(o) for o in objects]
+    if max_faces:
+        meshes = [decimate(m, max_faces) if m.num_faces > max_faces else m for m in meshes]
+    return pack_meshes(meshes, device=device)

@@ -11,9 +11,8 @@ Why it is built the way it is:
   shifted by +0.5 px.
 - BOP/OpenCV camera frame (x right, y down, z forward) -> OpenGL camera frame (y up, z backward):
   flip y and z, i.e. the camera node's pose is ``diag(1, -1, -1, 1)``.
-- Importing this module imports ``torch._dynamo`` (see :func:`_preload_triton`): with pyrender
-  (OSMesa) loaded first, torch's first optimiser step segfaults.  Import this module before
-  anything imports pyrender or OpenGL.
+- pyrender is imported through ``rendering/_gl.py`` (OSMesa platform; torch's compiler stack loaded
+  first, or torch's first optimiser step after an OSMesa context exists segfaults).
 - Faces are drawn two-sided (``SKIP_CULL_FACES``) because pybullet_data/OBJ windings are not always
   consistent.  pyrender ignores that flag in its segmentation (and depth-only) pass and culls back
   faces there, so the label pass draws a second copy of each mesh holding both windings of every
@@ -22,16 +21,13 @@ Why it is built the way it is:
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+import numpy as np
 
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Dict, List, Optional, Sequence, Tuple, Union  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from pose6d_ros.rendering.mesh import Mesh  # noqa: E402
+from pose6d_ros.rendering._gl import import_pyrender
+from pose6d_ros.rendering.mesh import Mesh
 
 __all__ = [
     "Material",
@@ -130,21 +126,6 @@ def _look_along(direction: Sequence[float], position: Sequence[float]) -> np.nda
     return m
 
 
-def _preload_triton() -> None:
-    """Import torch's compiler stack (and triton's LLVM) before pyrender loads OSMesa (and Mesa's LLVM).
-
-    Loading triton after an OSMesa context exists segfaults (two LLVMs in one process); torch loads
-    it lazily, e.g. on the first ``torch.optim`` step.  Loading it first is safe.
-    """
-    try:
-        import torch._dynamo  # noqa: F401
-    except Exception:  # torch missing or built without the compiler: nothing to pre-load
-        pass
-
-
-_preload_triton()
-
-
 class StableProgramCache:
     """pyrender's shader cache keyed WITHOUT the GL context object.
 
@@ -208,8 +189,7 @@ class PyrenderReference:
         smooth: bool = True,
         max_instances: int = 4,
     ) -> None:
-        import pyrender
-
+        pyrender = import_pyrender()
         self._pyrender = pyrender
         if len(meshes) == 0:
             raise ValueError("PyrenderReference: need at least one mesh")

@@ -3,21 +3,15 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
 
-# Load triton's LLVM (via torch's compiler stack) before OSMesa's llvmpipe: the other order
-# segfaults as soon as a torch.optim optimizer is built (see data.simreal).
-import torch._dynamo  # noqa: E402,F401
+from pose6d_ros.data.suites import load_suite_registry
+from pose6d_ros.data.synthetic import SyntheticConfig, SyntheticCrops
+from pose6d_ros.rendering._gl import import_pyrender
 
-os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
-pyrender = pytest.importorskip("pyrender")
-
-from pose6d_ros.data.suites import load_suite_registry  # noqa: E402
-from pose6d_ros.data.synthetic import SyntheticConfig, SyntheticCrops  # noqa: E402
+pyrender = import_pyrender()  # OSMesa; torch's compiler stack first
 
 FLIP = np.diag([1.0, -1.0, -1.0, 1.0])  # OpenCV camera -> OpenGL camera
 

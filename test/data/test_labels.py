@@ -9,22 +9,17 @@ projected with ``geometry.project_points`` (simulated real frames written in BOP
 from __future__ import annotations
 
 import itertools
-import os
 
 import numpy as np
 import pytest
 import torch
+import trimesh
 
-# Load triton's LLVM (via torch's compiler stack) before OSMesa's llvmpipe: the other order
-# segfaults as soon as a torch.optim optimizer is built (see data.simreal).
-import torch._dynamo  # noqa: E402,F401
+from pose6d_ros.data import bop
+from pose6d_ros.data.suites import load_suite_registry
+from pose6d_ros.rendering._gl import import_pyrender
 
-os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
-pyrender = pytest.importorskip("pyrender")
-trimesh = pytest.importorskip("trimesh")
-
-from pose6d_ros.data import bop  # noqa: E402
-from pose6d_ros.data.suites import load_suite_registry  # noqa: E402
+pyrender = import_pyrender()  # OSMesa; torch's compiler stack first
 
 FLIP = np.diag([1.0, -1.0, -1.0, 1.0])  # OpenCV camera -> OpenGL camera
 

@@ -42,8 +42,7 @@ def split(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
     from pose6d_ros.models import PoseNet
-    from pose6d_ros.registry import ObjectRegistry
-    from pose6d_ros.registry import RunObjects
+    from pose6d_ros.registry import ObjectRegistry, RunObjects
     from pose6d_ros.training.build import save_run_model
 
     torch.manual_seed(0)
