@@ -39,7 +39,7 @@ from typing import Any, Dict
 import torch
 import torchvision.models  # noqa: F401  (load before OSMesa, see rendering notes)
 
-from pose6d_ros.training.config import load_config, merge
+from pose6d_ros.training.config import load_config, load_recipe, merge
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -247,17 +247,17 @@ def throughput(batch: int = 16, reps: int = 5) -> Dict[str, float]:
 
     out["reference_s"] = timeit(ref)
     for bb in ("mobilenet_v3_small", "resnet18"):
-        cfg = load_config(None, ["data.objects=[1]", f"model.backbone={bb}", "init.freeze_bn=true",
+        rec = load_recipe(None, ["data.objects=[1]", f"model.backbone={bb}", "init.freeze_bn=true",
                                  "data.synthetic_per_object=64", "selfsup.render.max_faces=2000",
                                  "data.synthetic_cache_dir="])
-        obj = build_objects(cfg)
-        model = build_model(cfg, obj, torch.device("cpu"))
-        src = SyntheticSource(cfg, obj, batch, 0)
+        obj = build_objects(rec.data)
+        model = build_model(rec.model, rec.init, rec.data.crop_size, obj, torch.device("cpu"))
+        src = SyntheticSource(rec.data, obj, batch, 0, pool_seed=rec.seed)
         syn = src(0)
         # a synthetic-trained model is not at hand: feed the GT keypoints' poses by training the step on
         # crops whose PnP succeeds; the cost of a step does not depend on the weights
         real = {"image": syn["image"], "K": syn["K"], "object_index": syn["object_index"]}
-        step = build_step(cfg, obj, model, torch.device("cpu"))
+        step = build_step(rec.selfsup, obj, model, torch.device("cpu"))
         opt = torch.optim.Adam(model.parameters(), 1e-5)
         tr = SimpleNamespace(model=model, state={})
         model.head[-1].bias.data.copy_(syn["keypoints"][0].reshape(-1))  # a valid box, so PnP/render run
@@ -293,12 +293,13 @@ def probe(data_root: Path, objects=(1, 2, 5, 6), n: int = 6) -> Dict[str, Any]:
     torch.manual_seed(0)
     out: Dict[str, Any] = {}
     for oid in objects:
-        cfg = load_config(None, [f"data.objects=[{oid}]"])
-        obj = build_objects(cfg)
+        rec = load_recipe(None, [f"data.objects=[{oid}]"])
+        obj = build_objects(rec.data)
         items = items_from_split(data_root / "diag", [oid])[:n]
         b = TargetCrops(data_root / "diag", items, obj, 64).batch(range(len(items)), jitter=False)
-        rf = build_renderer(obj, cfg, torch.device("cpu"))
-        feats = PhiEarlyFeatures(build_model(cfg, obj, torch.device("cpu")).eval(), 2)
+        rf = build_renderer(obj, rec.selfsup.render, torch.device("cpu"))
+        phi = build_model(rec.model, rec.init, rec.data.crop_size, obj, torch.device("cpu"))
+        feats = PhiEarlyFeatures(phi.eval(), 2)
 
         def losses(shift_px: float, grad: bool = False):
             t = b["t"].clone()
@@ -347,12 +348,12 @@ def basin(data_root: Path, model_path: Path, objects=(1, 2), n: int = 24, steps:
 
     torch.manual_seed(0)
     model = load_model(model_path)[0].eval()
-    cfg = load_config(None, [f"data.objects={list(objects)}", "selfsup.render.max_faces=1000"])
-    obj = build_objects(cfg)
+    rec = load_recipe(None, [f"data.objects={list(objects)}", "selfsup.render.max_faces=1000"])
+    obj = build_objects(rec.data)
     items = items_from_split(data_root / "diag", list(objects))[:n]
     b = TargetCrops(data_root / "diag", items, obj, 64).batch(range(len(items)), jitter=False)
     N, K = len(items), b["K"]
-    render, feats = build_renderer(obj, cfg, torch.device("cpu")), PhiEarlyFeatures(model, 2)
+    render, feats = build_renderer(obj, rec.selfsup.render, torch.device("cpu")), PhiEarlyFeatures(model, 2)
     kp3 = obj.keypoints[b["object_index"]]
     kp_gt = project_points(kp3, b["R"], b["t"], K)
 

@@ -172,6 +172,9 @@ class PoseNet(nn.Module):
     def freeze_early(self, n_stages: int) -> None:
         """Stop gradients through the first ``n_stages`` backbone stages (see :class:`Backbone`)."""
         self.backbone.freeze_early(n_stages)
+        # Backbone.freeze_early re-enters train() on the backbone alone, which would put the BatchNorm
+        # layers of the other stages back in training mode under freeze_bn: re-apply this module's mode
+        self.train(self.training)
 
     def freeze_bn(self, freeze: bool = True) -> None:
         """Keep every BatchNorm in eval mode (running statistics frozen) even under ``train()``.

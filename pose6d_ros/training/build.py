@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from pose6d_ros.registry import ObjectRegistry, RunObjects
-from pose6d_ros.training.config import get
+from pose6d_ros.training.config import DataSection, InitSection, ModelSection, OptimSection
 from pose6d_ros.training.trainer import StepSampler
 
 __all__ = ["build_objects", "build_model", "build_optimizer", "SyntheticSource", "save_run_model"]
@@ -26,10 +26,12 @@ __all__ = ["build_objects", "build_model", "build_optimizer", "SyntheticSource",
 log = logging.getLogger("pose6d_ros.training")
 
 
-def build_objects(cfg: Dict[str, Any]) -> RunObjects:
+def build_objects(data: DataSection) -> RunObjects:
+    """The registry (``data.registry``, else the suite's) and the run's objects (``data.objects``, else
+    all of the registry's), in model-row order."""
     from pose6d_ros._checks import reading
 
-    reg_path = get(cfg, "data.registry")
+    reg_path = data.registry
     if reg_path:
         p = Path(reg_path)
         with reading(p, "data.registry"):
@@ -37,18 +39,20 @@ def build_objects(cfg: Dict[str, Any]) -> RunObjects:
     else:
         from pose6d_ros.data.suites import load_suite_registry
 
-        registry = load_suite_registry(get(cfg, "data.suite", "lm-lite"))
-    ids = get(cfg, "data.objects") or registry.ids
+        registry = load_suite_registry(data.suite)
+    ids = data.objects or registry.ids
     return RunObjects(registry, [int(i) for i in ids])
 
 
-def build_model(cfg: Dict[str, Any], objects: RunObjects, device: torch.device) -> torch.nn.Module:
-    """Φ from ``init.checkpoint`` (a ``save_model`` file) or from ``model`` config."""
+def build_model(model_cfg: ModelSection, init: InitSection, crop_size: int, objects: RunObjects,
+                device: torch.device) -> torch.nn.Module:
+    """Φ from ``init.checkpoint`` (a ``save_model`` file) or from the ``model`` section; its crop size
+    must be ``crop_size`` (``data.crop_size``)."""
     from pose6d_ros.models import PoseNet, load_model
 
     from pose6d_ros._checks import reading
 
-    ckpt = get(cfg, "init.checkpoint")
+    ckpt = init.checkpoint
     if ckpt:
         with reading(ckpt, "init.checkpoint"):
             model, card = load_model(ckpt)
@@ -57,25 +61,23 @@ def build_model(cfg: Dict[str, Any], objects: RunObjects, device: torch.device) 
                              f"config data.objects is {objects.ids}")
         log.info("Φ initialised from %s", ckpt)
     else:
-        mcfg = dict(get(cfg, "model", {}) or {})
+        mcfg = model_cfg.given()
         mcfg.setdefault("num_objects", len(objects.ids))
-        mcfg.setdefault("crop_size", int(get(cfg, "data.crop_size")))
+        mcfg.setdefault("crop_size", crop_size)
         if len(objects.ids) == 1:
             mcfg.setdefault("conditioning", "none")
         model = PoseNet.from_config(mcfg)
-    if model.crop_size != int(get(cfg, "data.crop_size")):
-        raise ValueError(f"model crop size {model.crop_size} != data.crop_size {get(cfg, 'data.crop_size')}")
-    if get(cfg, "init.freeze_bn", False):
+    if model.crop_size != crop_size:
+        raise ValueError(f"model crop size {model.crop_size} != data.crop_size {crop_size}")
+    if init.freeze_bn:
         model.freeze_bn(True)
     return model.to(device).train()
 
 
-def build_optimizer(cfg: Dict[str, Any], model: torch.nn.Module):
+def build_optimizer(optim: OptimSection, model: torch.nn.Module):
     """Adam over every parameter (frozen ones have no gradient and are skipped) + step schedule."""
-    opt = torch.optim.Adam(model.parameters(), lr=float(get(cfg, "optim.lr")),
-                           weight_decay=float(get(cfg, "optim.weight_decay", 0.0)))
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(s) for s in get(cfg, "optim.lr_steps", [])],
-                                                 gamma=float(get(cfg, "optim.lr_gamma", 0.1)))
+    opt = torch.optim.Adam(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(optim.lr_steps), gamma=optim.lr_gamma)
     return opt, sched
 
 
@@ -84,26 +86,33 @@ class SyntheticSource:
 
     Sample ``i`` of the pool is deterministic, so with ``cache`` every crop is rendered once (on
     first use) and kept as uint8; colour augmentation is drawn fresh each step on top.
+
+    Args:
+        data: the ``data`` section (pool size, crop size, cache).
+        objects: the run's objects.
+        batch_size: crops per step.
+        sampler_seed: the order of draws.
+        pool_seed: the pool itself (the recipe's ``seed``).
     """
 
-    def __init__(self, cfg: Dict[str, Any], objects: RunObjects, batch_size: int, sampler_seed: int,
-                 color_aug: bool = True, cache: Optional[bool] = None) -> None:
+    def __init__(self, data: DataSection, objects: RunObjects, batch_size: int, sampler_seed: int, *,
+                 pool_seed: int, color_aug: bool = True, cache: Optional[bool] = None) -> None:
         from pose6d_ros.data.synthetic import SyntheticConfig, SyntheticCrops
 
-        n = int(get(cfg, "data.synthetic_per_object")) * len(objects.ids)
-        S = int(get(cfg, "data.crop_size"))
-        seed = int(get(cfg, "seed", 0))  # the pool itself; the order of draws follows sampler_seed
+        n = data.synthetic_per_object * len(objects.ids)
+        S = data.crop_size
+        seed = pool_seed
         scfg = SyntheticConfig(size=S, object_ids=objects.ids)
         self.ds = SyntheticCrops(objects.registry, n, scfg, seed=seed)
         self.sampler = StepSampler(n, batch_size, seed=sampler_seed)
-        cache_dir = get(cfg, "data.synthetic_cache_dir")
+        cache_dir = data.synthetic_cache_dir
         self.cache_file = None
         if cache_dir:
-            key = f"{get(cfg, 'data.suite', 'x')}_o{'-'.join(map(str, objects.ids))}_s{S}_n{n}_seed{seed}.pt"
+            key = f"{data.suite}_o{'-'.join(map(str, objects.ids))}_s{S}_n{n}_seed{seed}.pt"
             self.cache_file = Path(cache_dir) / key
         self.lut = objects.row_lookup()
         self.color_aug = color_aug
-        self.cache = bool(get(cfg, "data.synthetic_cache", True)) if cache is None else cache
+        self.cache = data.synthetic_cache if cache is None else cache
         if self.cache:
             K = objects.keypoints.shape[1]
             self._img = torch.zeros(n, 3, S, S, dtype=torch.uint8)

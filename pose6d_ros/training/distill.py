@@ -49,9 +49,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -60,72 +59,15 @@ from pose6d_ros.training import distributed as du
 from pose6d_ros.registry import RunObjects
 from pose6d_ros.training.build import SyntheticSource, build_optimizer
 from pose6d_ros.training.checkpoint import unwrap
-from pose6d_ros.training.config import get, merge
+from pose6d_ros.training.config import DistillSettings, Recipe, as_recipe
 from pose6d_ros.training.distill_losses import (HintAdapters, hint_loss, kd_star, kd_upper_bounded, masked_mean,
                                                 squared_error)
 from pose6d_ros.training.runner import Run, cli_main
 from pose6d_ros.training.trainer import HookBase, StepOutput, StepSampler, Trainer
 
-__all__ = ["DISTILL_DEFAULTS", "DistillSettings", "TeacherBank", "DistillModel", "distill_step", "train", "main"]
+__all__ = ["DistillSettings", "TeacherBank", "DistillModel", "distill_step", "train", "main"]
 
 log = logging.getLogger("pose6d_ros.training")
-
-#: The ``distill`` section of a recipe (merged under it; every key documented here).
-DISTILL_DEFAULTS: Dict[str, Any] = {
-    "teachers": None,  # {object id: model.pt} or a template "runs/teachers/{id}/model.pt" ({id}, {name})
-    "loss": "kd_star",  # kd_star (Eq. 7) | kd (Eq. 5, labelled samples) | gt (labels only, no teacher)
-    "hint": True,  # L_HT (Eq. 6) through one 1x1 adapter per teacher: L_CS = L_KD* + L_HT
-    "weights": {"kd": 1.0, "hint": 1.0},  # L = kd * L_KD(*) + hint * L_HT
-    "synthetic": True,  # a batch of labelled synthetic crops per step (data.synthetic_batch_size)
-    "real": "unlabeled",  # unlabeled | labelled | none: a batch of train/ crops per step (data.batch_size)
-    "color_aug": True,  # colour augmentation of the synthetic crops
-}
-
-LOSSES = ("kd_star", "kd", "gt")
-REAL_SOURCES = ("unlabeled", "labelled", "none")
-
-
-@dataclass(frozen=True)
-class DistillSettings:
-    """The ``distill`` section, checked (see :data:`DISTILL_DEFAULTS`)."""
-
-    loss: str = "kd_star"
-    hint: bool = True
-    w_kd: float = 1.0
-    w_hint: float = 1.0
-    synthetic: bool = True
-    real: str = "unlabeled"
-    color_aug: bool = True
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "DistillSettings":
-        d = dict(get(cfg, "distill", {}) or {})
-        unknown = set(d) - set(DISTILL_DEFAULTS)
-        if unknown:
-            raise ValueError(f"distill: unknown key(s) {sorted(unknown)}; known: {sorted(DISTILL_DEFAULTS)}")
-        d = merge(DISTILL_DEFAULTS, d)
-        w = dict(d["weights"] or {})
-        if set(w) - {"kd", "hint"}:
-            raise ValueError(f"distill.weights: unknown key(s) {sorted(set(w) - {'kd', 'hint'})}; "
-                             "known: ['hint', 'kd']")
-        s = cls(loss=str(d["loss"]), hint=bool(d["hint"]), w_kd=float(w.get("kd", 1.0)),
-                w_hint=float(w.get("hint", 1.0)), synthetic=bool(d["synthetic"]), real=str(d["real"]),
-                color_aug=bool(d["color_aug"]))
-        if s.loss not in LOSSES:
-            raise ValueError(f"distill.loss must be one of {list(LOSSES)}, got {s.loss!r}")
-        if s.real not in REAL_SOURCES:
-            raise ValueError(f"distill.real must be one of {list(REAL_SOURCES)}, got {s.real!r}")
-        if not s.synthetic and s.real == "none":
-            raise ValueError("distill: no data (distill.synthetic is false and distill.real is 'none')")
-        if s.real == "unlabeled" and s.loss != "kd_star" and not s.hint:
-            raise ValueError(f"distill.real=unlabeled: no loss uses unlabeled crops with distill.loss={s.loss} and "
-                             "no hint (use kd_star, distill.hint=true, or distill.real=none)")
-        return s
-
-    @property
-    def needs_teachers(self) -> bool:
-        return self.loss != "gt" or self.hint
-
 
 # ---- teachers ------------------------------------------------------------------------------------
 def _sha256(path: Path) -> str:
@@ -316,7 +258,7 @@ def distill_step(settings: DistillSettings, teachers: Optional[TeacherBank]):
         else:
             l_kd = masked_mean(kd_star(h_s, h_t, h_gt, labelled))
         losses = {settings.loss: l_kd}
-        total = settings.w_kd * l_kd
+        total = settings.weights.kd * l_kd
         if h_t is not None:
             with torch.no_grad():
                 metrics["teacher_gap"] = float(squared_error(h_s, h_t).mean())
@@ -326,7 +268,7 @@ def distill_step(settings: DistillSettings, teachers: Optional[TeacherBank]):
         if settings.hint:
             l_ht = masked_mean(hint_loss(model.adapters(f_t, idx), f_s.float()))
             losses["hint"] = l_ht
-            total = total + settings.w_hint * l_ht
+            total = total + settings.weights.hint * l_ht
         losses["total"] = total
         return StepOutput(losses=losses, metrics=metrics, images={"input": x})
 
@@ -334,16 +276,16 @@ def distill_step(settings: DistillSettings, teachers: Optional[TeacherBank]):
 
 
 # ---- the run -------------------------------------------------------------------------------------
-def _batches(run: Run, cfg: Dict[str, Any], settings: DistillSettings):
-    seed = int(get(cfg, "seed", 0))
+def _batches(run: Run, settings: DistillSettings):
+    seed, data = run.recipe.seed, run.recipe.data
     syn = None
     if settings.synthetic:
-        syn = SyntheticSource(cfg, run.objects, int(get(cfg, "data.synthetic_batch_size")), seed + 1,
+        syn = SyntheticSource(data, run.objects, data.synthetic_batch_size, seed + 1, pool_seed=seed,
                               color_aug=settings.color_aug)
     real = sampler = None
     if settings.real != "none":
         real = run.target_crops(labelled=settings.real == "labelled")
-        sampler = StepSampler(len(real), int(get(cfg, "data.batch_size")), seed)
+        sampler = StepSampler(len(real), data.batch_size, seed)
     with_labels = settings.real == "labelled"
 
     def batches(step: int, rank: int = 0, world: int = 1) -> Dict[str, Any]:
@@ -357,27 +299,28 @@ def _batches(run: Run, cfg: Dict[str, Any], settings: DistillSettings):
     return batches, (len(real) if real is not None else 0)
 
 
-def train(cfg: Dict[str, Any], resume: bool = False, hooks: Sequence[HookBase] = ()) -> Optional[Dict[str, Any]]:
-    """Distil the teachers into the student of ``cfg`` (``hooks``: extra trainer hooks, run before the
+def train(recipe: Union[Recipe, Mapping[str, Any]], resume: bool = False,
+          hooks: Sequence[HookBase] = ()) -> Optional[Dict[str, Any]]:
+    """Distil the teachers into the student of ``recipe`` (``hooks``: extra trainer hooks, run before the
     built-in ones after each step); returns what :meth:`Run.finish` returns."""
-    cfg = merge({"distill": DISTILL_DEFAULTS}, cfg)
-    settings = DistillSettings.from_config(cfg)
-    run = Run(cfg)
+    recipe = as_recipe(recipe)
+    settings = recipe.distill
+    run = Run(recipe, "distill")
     student = run.model
     if student.num_objects != len(run.objects.ids):
         raise ValueError(f"model: the student has {student.num_objects} object rows, data.objects has "
                          f"{len(run.objects.ids)}")
     teachers = None
     if settings.needs_teachers:
-        teachers = TeacherBank.load(get(cfg, "distill.teachers"), run.objects, student, run.device, settings.hint)
+        teachers = TeacherBank.load(settings.teachers, run.objects, student, run.device, settings.hint)
     adapters = None
     if settings.hint:
         adapters = HintAdapters(len(run.objects.ids), teachers.feature_channels, student.backbone.out_channels)
     run.model = DistillModel(student, adapters).to(run.device)
     if adapters is not None:
         du.broadcast_parameters(adapters)
-    run.optimizer, run.scheduler = build_optimizer(cfg, run.model)  # the student and the adapters
-    batches, n_real = _batches(run, cfg, settings)
+    run.optimizer, run.scheduler = build_optimizer(recipe.optim, run.model)  # the student and the adapters
+    batches, n_real = _batches(run, settings)
     trainer = run.trainer(distill_step(settings, teachers), batches, extra_hooks=hooks)
     log.info("distill: student %s/%s for %d objects, loss %s%s, synthetic %s, real %s (%d crops)",
              student.config["backbone"], student.config["conditioning"], len(run.objects.ids), settings.loss,

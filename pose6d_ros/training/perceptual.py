@@ -21,12 +21,13 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from pose6d_ros._checks import check_shape
+from pose6d_ros.training.config import PerceptualSection
 
 __all__ = ["FeatureExtractor", "VGGFeatures", "PhiEarlyFeatures", "SqueezeNetFeatures", "SQUEEZENET_TAPS",
            "PERCEPTUAL_FEATURES", "build_perceptual"]
@@ -170,8 +171,8 @@ def PhiEarlyFeatures(model: nn.Module, num_stages: int = 2) -> FeatureExtractor:
     return FeatureExtractor(layers, list(range(num_stages)), name=f"phi_early:{num_stages}", mean=mean, std=std)
 
 
-def build_perceptual(cfg: Any, model: Optional[nn.Module]) -> FeatureExtractor:
-    """From the ``selfsup.perceptual`` recipe section (a mapping, or an object with these attributes):
+def build_perceptual(cfg: PerceptualSection, model: Optional[nn.Module]) -> FeatureExtractor:
+    """From the ``selfsup.perceptual`` recipe section:
 
     - ``features``: ``squeezenet`` | ``vgg16`` | ``phi_early``; null = ``vgg16`` when ``vgg_weights`` is
       set, else ``squeezenet``;
@@ -179,12 +180,8 @@ def build_perceptual(cfg: Any, model: Optional[nn.Module]) -> FeatureExtractor:
     - ``vgg_weights`` (path), ``vgg_layers``: for ``vgg16``;
     - ``phi_layers``: number of Φ stages for ``phi_early`` (default 2).
     """
-
-    def opt(key: str) -> Any:
-        return cfg.get(key) if isinstance(cfg, Mapping) else getattr(cfg, key, None)
-
-    kind = opt("features")
-    path = opt("vgg_weights")
+    kind = cfg.features
+    path = cfg.vgg_weights
     if kind is None:
         kind = "vgg16" if path else "squeezenet"
     if kind not in PERCEPTUAL_FEATURES:
@@ -192,9 +189,9 @@ def build_perceptual(cfg: Any, model: Optional[nn.Module]) -> FeatureExtractor:
     if kind == "vgg16":
         if not path:
             raise ValueError("selfsup.perceptual.features is vgg16 but selfsup.perceptual.vgg_weights names no file")
-        return VGGFeatures(path, opt("vgg_layers") or (3, 8, 15))
+        return VGGFeatures(path, cfg.vgg_layers)
     if kind == "squeezenet":
-        return SqueezeNetFeatures(tuple(opt("squeezenet_layers") or ("relu1", "fire3", "fire5", "fire9")))
+        return SqueezeNetFeatures(cfg.squeezenet_layers)
     if model is None:
         raise ValueError("selfsup.perceptual.features is phi_early but there is no model for it")
-    return PhiEarlyFeatures(model, int(opt("phi_layers") or 2))
+    return PhiEarlyFeatures(model, cfg.phi_layers)

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import random
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 import numpy as np
 import torch
 import yaml
 
+from pose6d_ros._checks import run_cli
 from pose6d_ros._io import atomic_write_json, atomic_write_text
 from pose6d_ros.data.target_crops import TargetCrops, first_per_object, items_from_detections, items_from_split
 from pose6d_ros.evaluation.evaluate import diagnostic_eval
 from pose6d_ros.registry import RunObjects
 from pose6d_ros.training import distributed as du
 from pose6d_ros.training.build import build_model, build_objects, build_optimizer, save_run_model
-from pose6d_ros.training.config import apply_threads, get, require
+from pose6d_ros.training.config import (Recipe, add_common_args, apply_threads, as_recipe, check_required,
+                                        config_from_args)
 from pose6d_ros.training.trainer import (CheckpointHook, EMAHook, EvalHook, HookBase, LoggerHook, StepOutput,
                                          Trainer)
 
@@ -50,31 +53,40 @@ class FreezeEarlyHook(HookBase):
 
 
 class Run:
-    """The pieces of a run before the step function is attached."""
+    """The pieces of a run before the step function is attached.
 
-    def __init__(self, cfg: Dict[str, Any]) -> None:
+    Args:
+        recipe: the checked recipe (a plain mapping is checked here, :func:`config.as_recipe`).
+        trainer: ``supervised`` | ``selfsup`` | ``distill``: which keys are required
+            (:func:`config.check_required`), checked before any work.
+    """
+
+    def __init__(self, recipe: Union[Recipe, Mapping[str, Any]], trainer: str) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-        self.cfg = cfg
-        self.out = Path(require(cfg, "output_dir", " or --output-dir"))  # before any work: no ./runs/default
-        apply_threads(cfg)
-        seed = int(get(cfg, "seed", 0))
+        self.recipe = recipe = as_recipe(recipe)
+        check_required(recipe, trainer)  # before any work: no ./runs/default, no half-built run
+        self.out = Path(recipe.output_dir)
+        apply_threads(recipe.threads)
+        seed = recipe.seed
         random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
-        self.device = du.resolve_device(get(cfg, "device", "auto"))
+        self.device = du.resolve_device(recipe.device)
         du.init_distributed(self.device)
         if du.is_main():
-            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-        self.objects: RunObjects = build_objects(cfg)
-        self.model = build_model(cfg, self.objects, self.device)
+            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        data = recipe.data
+        self.objects: RunObjects = build_objects(data)
+        self.model = build_model(recipe.model, recipe.init, data.crop_size, self.objects, self.device)
         du.broadcast_parameters(self.model)
-        self.optimizer, self.scheduler = build_optimizer(cfg, self.model)
-        S = int(get(cfg, "data.crop_size"))
-        self.root = Path(get(cfg, "data.root"))
-        self.train_split = self.root / "train"
-        self.test_split = self.root / "test"
+        self.optimizer, self.scheduler = build_optimizer(recipe.optim, self.model)
+        S = data.crop_size
+        # data.root is required (check_required) wherever the run reads it; without it, no diag/
+        self.root = Path(data.root) if data.root else None
+        self.train_split = self.root / "train" if self.root else None
+        self.test_split = self.root / "test" if self.root else None
         self.diag: Optional[Dict[str, torch.Tensor]] = None
-        diag_split = self.root / "diag"
-        n_diag = int(get(cfg, "data.diag_per_object", 0))
-        if n_diag > 0 and diag_split.is_dir():
+        diag_split = self.root / "diag" if self.root else None
+        n_diag = data.diag_per_object
+        if n_diag > 0 and diag_split is not None and diag_split.is_dir():
             items = items_from_split(diag_split, self.objects.ids)
             per: Dict[int, int] = {}
             keep = []
@@ -88,9 +100,9 @@ class Run:
     def target_crops(self, labelled: bool) -> TargetCrops:
         """Training crops of the target domain: unlabeled (self-supervised) or with the withheld
         ``train_gt`` labels (the real-label upper bound)."""
-        S = int(get(self.cfg, "data.crop_size"))
-        jit = get(self.cfg, "data.box_jitter")
-        jitter = (float(jit["shift"]), float(jit["scale"])) if jit else None
+        S = self.recipe.data.crop_size
+        jit = self.recipe.data.box_jitter
+        jitter = (jit.shift, jit.scale) if jit is not None else None
         if labelled:
             items = items_from_split(self.root / "train_gt", self.objects.ids)
         else:
@@ -98,22 +110,21 @@ class Run:
         return TargetCrops(self.train_split, items, self.objects, S, jitter=jitter)
 
     def trainer(self, step_fn: Callable[[Trainer, Any], StepOutput], batches, extra_hooks=()) -> Trainer:
-        cfg = self.cfg
+        r = self.recipe
         hooks = list(extra_hooks)
-        n_frozen, frozen_steps = int(get(cfg, "init.freeze_early_stages", 0)), int(get(cfg, "init.freeze_early_steps", 0))
+        n_frozen, frozen_steps = r.init.freeze_early_stages, r.init.freeze_early_steps
         if n_frozen > 0 and frozen_steps > 0:
             hooks.append(FreezeEarlyHook(n_frozen, frozen_steps))
         if self.diag is not None:
             diag, objects = self.diag, self.objects
-            hooks.append(EvalHook(int(get(cfg, "eval.period", 0)), lambda t: diagnostic_eval(t.model, diag, objects)))
+            hooks.append(EvalHook(r.eval.period, lambda t: diagnostic_eval(t.model, diag, objects)))
         hooks.append(EMAHook())
-        hooks.append(CheckpointHook(int(get(cfg, "checkpoint.period", 200))))
-        hooks.append(LoggerHook(int(get(cfg, "log.period", 20)), int(get(cfg, "log.image_period", 200)),
-                                bool(get(cfg, "log.tensorboard", True)), bool(get(cfg, "log.progress", True))))
+        hooks.append(CheckpointHook(r.checkpoint.period))
+        hooks.append(LoggerHook(r.log.period, r.log.image_period, r.log.tensorboard, r.log.progress))
         return Trainer(model=self.model, step_fn=step_fn, batches=batches, optimizer=self.optimizer,
-                       scheduler=self.scheduler, max_steps=int(get(cfg, "optim.max_steps")), device=self.device,
-                       hooks=hooks, amp=bool(get(cfg, "amp", True)), grad_clip=float(get(cfg, "optim.grad_clip", 0)),
-                       seed=int(get(cfg, "seed", 0)), output_dir=self.out, config=cfg)
+                       scheduler=self.scheduler, max_steps=r.optim.max_steps, device=self.device,
+                       hooks=hooks, amp=r.amp, grad_clip=r.optim.grad_clip, seed=r.seed, output_dir=self.out,
+                       config=r.to_dict())
 
     def finish(self, trainer: Trainer, kind: str,
                training: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
@@ -128,24 +139,24 @@ class Run:
         if not du.is_main():
             return None
         if trainer.step == trainer.max_steps and trainer.state.get("teacher") is not None \
-                and get(self.cfg, "selfsup.ema_final", False):
+                and self.recipe.selfsup.ema_final:
             trainer.model.load_state_dict(trainer.state["teacher"].module.state_dict())
         path = save_run_model(self.out / "model.pt", trainer.model, self.objects,
                               {"kind": kind, "steps": trainer.step, "output_dir": str(self.out)},
-                              training={"kind": kind, "recipe": self.cfg, **(training or {})})
+                              training={"kind": kind, "recipe": self.recipe.to_dict(), **(training or {})})
         log.info("wrote %s", path)
         result: Dict[str, Any] = {"kind": kind, "model": str(path), "checkpoint": str(trainer.checkpoint_path),
                                   "steps": trainer.step, "skipped_steps": trainer.skipped_steps,
                                   "diag": trainer.state.get("eval", [])}
-        if get(self.cfg, "eval.final_test", False) and self.test_split.is_dir():
+        if self.recipe.eval.final_test and self.test_split is not None and self.test_split.is_dir():
             from pose6d_ros.evaluation.evaluate import predict_split, score_predictions, write_outputs
             from pose6d_ros.evaluation.tables import format_markdown
 
             items = items_from_split(self.test_split, self.objects.ids)
-            limit = get(self.cfg, "eval.test_limit")
+            limit = self.recipe.eval.test_limit
             if limit:  # per object: a global cap would keep only the first objects of the split
-                items = first_per_object(items, int(limit))
-            crops = TargetCrops(self.test_split, items, self.objects, int(get(self.cfg, "data.crop_size")))
+                items = first_per_object(items, limit)
+            crops = TargetCrops(self.test_split, items, self.objects, self.recipe.data.crop_size)
             preds = predict_split(trainer.model, crops, self.objects.keypoints, device=self.device)
             table = score_predictions(preds, self.objects.registry)
             write_outputs(table, preds, self.out / "eval", dataset=self.root.resolve().name)
@@ -162,11 +173,6 @@ def cli_main(prog: str, description: str, train: Callable[..., Any], argv=None) 
     """The body of every trainer's console script: recipe + ``--set`` overrides, ``--resume``, clean
     teardown; exit code 0 on success, 2 with one line naming the file or key on bad input
     (``_checks.run_cli``). The result is printed and left in ``output_dir/result.json``."""
-    import argparse
-
-    from pose6d_ros._checks import run_cli
-    from pose6d_ros.training.config import add_common_args, config_from_args
-
     args = add_common_args(argparse.ArgumentParser(prog=prog, description=description)).parse_args(argv)
 
     def body() -> None:

@@ -1,4 +1,4 @@
-"""Self-supervised training of Φ on unlabeled target images (Sec. 3.2; method.md steps 1-10).
+"""Self-supervised training of Φ on unlabeled target images (Sec. 3.2; docs/method.md, steps 1-10).
 
     train_selfsup -c training/selfsup_lm_lite.yaml --set init.checkpoint=runs/synthetic/model.pt [--resume]
 
@@ -12,17 +12,19 @@ evaluated every ``eval.period`` steps (logged only; never a loss).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Any, Dict, Optional, Sequence
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from pose6d_ros.training.build import RunObjects, SyntheticSource
-from pose6d_ros.training.config import get, merge, require
+from pose6d_ros.training.config import Recipe, RenderSection, SelfSupSection, as_recipe, check_required
 from pose6d_ros.training.perceptual import build_perceptual
 from pose6d_ros.training.runner import Run, cli_main
-from pose6d_ros.training.selfsup_step import SelfSupSettings, SelfSupStep
+from pose6d_ros.training.selfsup_step import SelfSupStep
 from pose6d_ros.training.trainer import EMATeacher, StepSampler
 
 __all__ = ["build_renderer", "build_step", "train", "main"]
@@ -30,12 +32,13 @@ __all__ = ["build_renderer", "build_step", "train", "main"]
 log = logging.getLogger("pose6d_ros.training")
 
 
-def build_renderer(objects: RunObjects, cfg: Dict[str, Any], device: torch.device):
-    """``render_fn`` over the run's meshes (model-row order), composited over black."""
+def build_renderer(objects: RunObjects, render_cfg: RenderSection, device: torch.device):
+    """``render_fn`` over the run's meshes (model-row order), composited over black
+    (``selfsup.render``: meshes decimated above ``max_faces``, soft edge ``sigma``, ``backend``)."""
     from pose6d_ros.rendering.mesh import Mesh, decimate, pack_meshes
     from pose6d_ros.rendering.renderer import RenderSettings, render
 
-    max_faces = int(get(cfg, "selfsup.render.max_faces", 0) or 0)
+    max_faces = render_cfg.max_faces
     meshes = []
     for oid in objects.ids:
         o = objects.registry.get(oid)
@@ -46,7 +49,7 @@ def build_renderer(objects: RunObjects, cfg: Dict[str, Any], device: torch.devic
             m = decimate(m, max_faces)
         meshes.append(m)
     batch = pack_meshes(meshes, device=device)
-    settings = RenderSettings(sigma=float(get(cfg, "selfsup.render.sigma", 0.7)), background=(0.0, 0.0, 0.0))
+    settings = RenderSettings(sigma=render_cfg.sigma, background=(0.0, 0.0, 0.0), backend=render_cfg.backend)
 
     def render_fn(object_index, R, t, K, size):
         return render(batch, object_index, R, t, K, (size, size), settings)
@@ -54,56 +57,55 @@ def build_renderer(objects: RunObjects, cfg: Dict[str, Any], device: torch.devic
     return render_fn
 
 
-def build_step(cfg: Dict[str, Any], objects: RunObjects, model: torch.nn.Module, device: torch.device) -> SelfSupStep:
-    from pose6d_ros.data.augment import OcclusionConfig, occlusion_masks
+def build_step(settings: SelfSupSection, objects: RunObjects, model: torch.nn.Module,
+               device: torch.device) -> SelfSupStep:
+    """The step of the ``selfsup`` section: its switches and weights, the renderer of
+    ``selfsup.render``, the features of ``selfsup.perceptual``, the patches of
+    ``selfsup.occlusion_patches``."""
+    from pose6d_ros.data.augment import occlusion_masks
     from pose6d_ros.geometry.pnp import solve_pnp
 
-    scfg = dict(get(cfg, "selfsup"))
-    settings = SelfSupSettings.from_config(scfg)
-    occ_cfg = OcclusionConfig(**(get(cfg, "selfsup.occlusion_patches", {}) or {}))
+    occ_cfg = settings.occlusion_patches
 
     def occlusion_fn(B: int, S: int, dev: torch.device) -> torch.Tensor:
         return occlusion_masks(B, S, S, occ_cfg, like=torch.empty(0, device=dev))
 
-    perceptual = build_perceptual(scfg.get("perceptual", {}), model).to(device) if settings.use_percep else None
+    perceptual = build_perceptual(settings.perceptual, model).to(device) if settings.use_percep else None
     return SelfSupStep(settings=settings, keypoints_3d=objects.keypoints.to(device),
-                       render_fn=build_renderer(objects, cfg, device), pnp_fn=solve_pnp,
+                       render_fn=build_renderer(objects, settings.render, device), pnp_fn=solve_pnp,
                        perceptual=perceptual, occlusion_fn=occlusion_fn,
                        extent_points=objects.extent_points() if settings.use_box else None)
 
 
-def pretrain_synthetic(cfg: Dict[str, Any], resume: bool = False) -> Dict[str, Any]:
+def pretrain_synthetic(recipe: Recipe, resume: bool = False) -> Recipe:
     """When ``init.checkpoint`` is empty and ``init.synthetic.steps > 0``: train the synthetic-only
-    init first (into ``output_dir/synthetic``) and return ``cfg`` pointing at it."""
-    from pathlib import Path
-
+    init first (into ``output_dir/synthetic``) and return ``recipe`` pointing at it."""
     from pose6d_ros.training import supervised
 
-    steps = int(get(cfg, "init.synthetic.steps", 0) or 0)
-    if get(cfg, "init.checkpoint") or steps <= 0:
-        return cfg
-    out = Path(require(cfg, "output_dir", " or --output-dir")) / "synthetic"
-    pcfg = merge(cfg, {
-        "output_dir": str(out), "supervised": {"source": "synthetic"},
-        "optim": {"max_steps": steps, "lr": float(get(cfg, "init.synthetic.lr", 1e-3)),
-                  "lr_steps": list(get(cfg, "init.synthetic.lr_steps", []) or [])},
-        "init": {"checkpoint": None, "freeze_early_stages": 0, "freeze_bn": False},
-        "eval": {"final_test": bool(get(cfg, "init.synthetic.final_test", False))},
-    })
+    syn = recipe.init.synthetic
+    if recipe.init.checkpoint or syn.steps <= 0:
+        return recipe
+    check_required(recipe, "selfsup")
+    out = Path(recipe.output_dir) / "synthetic"
+    replace = dataclasses.replace
+    pre = replace(recipe, output_dir=str(out), supervised=replace(recipe.supervised, source="synthetic"),
+                  optim=replace(recipe.optim, max_steps=syn.steps, lr=syn.lr, lr_steps=syn.lr_steps),
+                  init=replace(recipe.init, checkpoint=None, freeze_early_stages=0, freeze_bn=False),
+                  eval=replace(recipe.eval, final_test=syn.final_test))
     model_path = out / "model.pt"
     if not model_path.is_file():
-        supervised.train(pcfg, resume=resume)
-    return merge(cfg, {"init": {"checkpoint": str(model_path)}})
+        supervised.train(pre, resume=resume)
+    return replace(recipe, init=replace(recipe.init, checkpoint=str(model_path)))
 
 
-def train(cfg: Dict[str, Any], resume: bool = False) -> Optional[Dict[str, Any]]:
-    cfg = pretrain_synthetic(cfg, resume)
-    run = Run(cfg)
-    seed = int(get(cfg, "seed", 0))
+def train(recipe: Union[Recipe, Mapping[str, Any]], resume: bool = False) -> Optional[Dict[str, Any]]:
+    recipe = pretrain_synthetic(as_recipe(recipe), resume)
+    run = Run(recipe, "selfsup")
+    seed, data, ss = recipe.seed, recipe.data, recipe.selfsup
     real = run.target_crops(labelled=False)
-    sampler = StepSampler(len(real), int(get(cfg, "data.batch_size")), seed)
-    use_syn = bool(get(cfg, "selfsup.use_sup_synthetic", True))
-    syn = SyntheticSource(cfg, run.objects, int(get(cfg, "data.synthetic_batch_size")), seed + 1) if use_syn else None
+    sampler = StepSampler(len(real), data.batch_size, seed)
+    syn = SyntheticSource(data, run.objects, data.synthetic_batch_size, seed + 1, pool_seed=seed) \
+        if ss.use_sup_synthetic else None
 
     def batches(step: int, rank: int = 0, world: int = 1) -> Dict[str, Any]:
         b = {"real": real.batch(sampler.indices(step, rank, world), with_labels=False)}
@@ -111,13 +113,13 @@ def train(cfg: Dict[str, Any], resume: bool = False) -> Optional[Dict[str, Any]]
             b["synthetic"] = syn(step, rank, world)
         return b
 
-    step_fn = build_step(cfg, run.objects, run.model, run.device)
+    step_fn = build_step(ss, run.objects, run.model, run.device)
     trainer = run.trainer(step_fn, batches)
     resuming = resume and trainer.checkpoint_path is not None and trainer.checkpoint_path.is_file()
-    epochs = int(get(cfg, "init.adapt_bn_epochs", 0) or 0)
+    epochs = recipe.init.adapt_bn_epochs
     if epochs > 0 and not resuming:  # a resumed run's checkpoint holds the statistics it trained with
-        _adapt_bn(run, real, epochs, int(get(cfg, "init.adapt_bn_batch", 64)), seed)
-    decay = float(get(cfg, "selfsup.ema_teacher", 0.0) or 0.0)
+        _adapt_bn(run, real, epochs, recipe.init.adapt_bn_batch, seed)
+    decay = ss.ema_teacher
     if decay > 0:  # after the BN adaptation: the teacher starts from the adapted model
         trainer.state["teacher"] = EMATeacher(run.model, decay)
     log.info("self-supervised: %d unlabeled crops, %d objects, perceptual=%s", len(real), len(run.objects.ids),

@@ -11,7 +11,7 @@
 Occlusion augmentation: one set of noise patches per step goes on ``x_r`` (before h1) and on
 ``r1``; the patched part of ``m1`` is set to 0, so ``x_m`` never contains noise.
 
-Every component has a switch (see ``selfsup`` in ``config.DEFAULTS``) for the ablations.
+Every component has a switch (``selfsup`` recipe keys, ``config.SelfSupSection``) for the ablations.
 Samples whose PnP failed, whose ``y1`` leaves the valid depth range, or whose PnP residual is
 large get weight 0 in every per-sample loss (their pose is replaced by a detached safe pose so
 no NaN can reach the graph).
@@ -20,7 +20,7 @@ no NaN can reach the graph).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Literal, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ from pose6d_ros._checks import check_shape
 from pose6d_ros.geometry.camera import normalized_to_pixels, pixels_to_normalized
 from pose6d_ros.geometry.keypoints import project_points
 from pose6d_ros.training import losses as L
+from pose6d_ros.training.schema import build_section
 from pose6d_ros.training.trainer import StepOutput
 
 __all__ = ["SelfSupSettings", "SelfSupStep", "RenderFn", "PnPFn", "OcclusionFn", "draw_keypoints", "refine_pose"]
@@ -43,9 +44,11 @@ PnPFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]
 OcclusionFn = Callable[[int, int, torch.device], torch.Tensor]
 
 
-@dataclass
+@dataclass(frozen=True)
 class SelfSupSettings:
-    """The ``selfsup`` section of the config, typed. Defaults follow the paper where it speaks."""
+    """What one step needs of the ``selfsup`` recipe section (the whole section is
+    :class:`pose6d_ros.training.config.SelfSupSection`, which adds the renderer, the perceptual
+    features, the occlusion patches and the EMA teacher). Defaults follow the paper where it speaks."""
 
     weights: L.LossWeights = L.LossWeights()
     huber_delta: float = 0.02
@@ -60,14 +63,14 @@ class SelfSupSettings:
     use_box: bool = False
     box_huber_delta: Optional[float] = None  # L_box's Huber transition; None = huber_delta
     # ours: "crop" = L_percep averaged over the crop (paper); "silhouette" = over m1 (no size bias)
-    percep_region: str = "crop"
+    percep_region: Literal["crop", "silhouette"] = "crop"
     # ours: render-and-compare pseudo-labels. Each unlabeled crop's pose y1 is refined by
     # ``refine_steps`` Adam steps on L_percep over the pose alone (no Φ in the loop), cached per
     # crop and recomputed every ``refine_period`` steps; L_refine = Huber(h1, π(refined pose)).
     refine_steps: int = 0
     refine_lr: float = 0.002
     refine_period: int = 50
-    background: str = "constant"
+    background: Literal["constant", "noise"] = "constant"
     background_value: float = 0.5
     grad_through_mask: bool = True
     grad_through_render_rgb: bool = True  # the composited render r1 carries gradient to y1
@@ -82,13 +85,10 @@ class SelfSupSettings:
     fuse_forward: bool = True
 
     @classmethod
-    def from_config(cls, cfg: Dict[str, Any]) -> "SelfSupSettings":
-        kw = {k: v for k, v in cfg.items() if k in cls.__dataclass_fields__}
-        if "weights" in cfg:
-            kw["weights"] = L.LossWeights(**cfg["weights"])
-        if "depth_range" in cfg:
-            kw["depth_range"] = tuple(float(v) for v in cfg["depth_range"])
-        return cls(**kw)
+    def from_config(cls, cfg: Mapping[str, Any], prefix: str = "selfsup") -> "SelfSupSettings":
+        """From a mapping of this class's keys, checked as a recipe section (``schema.build_section``):
+        an unknown key or a wrong type is a one-line ``RecipeError`` naming ``prefix.key``."""
+        return build_section(cls, cfg, prefix)
 
 
 class SelfSupStep:

@@ -7,11 +7,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from pose6d_ros.training import losses as L
 from pose6d_ros.training.build import SyntheticSource
-from pose6d_ros.training.config import get
+from pose6d_ros.training.config import Recipe
 from pose6d_ros.training.runner import Run, cli_main
 from pose6d_ros.training.trainer import StepOutput, StepSampler, Trainer
 
@@ -29,22 +29,20 @@ def supervised_step(delta: float):
     return step
 
 
-def train(cfg: Dict[str, Any], resume: bool = False) -> Optional[Dict[str, Any]]:
-    run = Run(cfg)
-    source = get(cfg, "supervised.source", "synthetic")
-    bs = int(get(cfg, "data.batch_size"))
-    seed = int(get(cfg, "seed", 0))
+def train(recipe: Union[Recipe, Mapping[str, Any]], resume: bool = False) -> Optional[Dict[str, Any]]:
+    run = Run(recipe, "supervised")
+    r = run.recipe
+    source = r.supervised.source
+    bs, seed = r.data.batch_size, r.seed
     if source == "synthetic":
-        batches = SyntheticSource(cfg, run.objects, bs, seed, color_aug=bool(get(cfg, "supervised.color_aug", True)))
-    elif source == "real":
+        batches = SyntheticSource(r.data, run.objects, bs, seed, pool_seed=seed, color_aug=r.supervised.color_aug)
+    else:  # "real" (the recipe's type allows no other)
         crops = run.target_crops(labelled=True)
         sampler = StepSampler(len(crops), bs, seed)
 
         def batches(step: int, rank: int = 0, world: int = 1):
             return crops.batch(sampler.indices(step, rank, world))
-    else:
-        raise ValueError(f"supervised.source must be 'synthetic' or 'real', got {source!r}")
-    trainer = run.trainer(supervised_step(float(get(cfg, "selfsup.huber_delta", 0.02))), batches)
+    trainer = run.trainer(supervised_step(r.selfsup.huber_delta), batches)
     if resume:
         trainer.resume()
     trainer.train()

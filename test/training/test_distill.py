@@ -20,7 +20,7 @@ from pose6d_ros.data.bop import CameraRecord, DetectionRecord, save_detections, 
 from pose6d_ros.data.suites import load_suite_registry
 from pose6d_ros.models import ModelCard, PoseNet, load_model, save_model
 from pose6d_ros.training import distill
-from pose6d_ros.training.config import load_config
+from pose6d_ros.training.config import load_recipe
 from pose6d_ros.training.trainer import HookBase
 
 S = 32  # a 2x2 feature map (stride 16): the head pools to 2x2 (model.head_pool), which ONNX exports
@@ -56,7 +56,7 @@ def root(tmp_path_factory, registry):
 
 
 def _cfg(root: Path, out: Path, *overrides: str):
-    return load_config(None, [
+    return load_recipe(None, [
         f"data.root={root}", f"data.objects={list(OBJECTS)}", f"data.crop_size={S}",
         "model.backbone=mobilenet_v3_small", "model.conditioning=cin", "model.head_pool=2",
         "data.synthetic_per_object=16",
@@ -72,8 +72,7 @@ def _teacher(root: Path, oid: int) -> PoseNet:
 def test_each_sample_gets_its_own_classes_teacher(root, registry):
     from pose6d_ros.training.build import build_objects
 
-    cfg = _cfg(root, root / "unused")
-    objects = build_objects(cfg)
+    objects = build_objects(_cfg(root, root / "unused").data)
     student = PoseNet(backbone="mobilenet_v3_small", num_objects=2, crop_size=S)
     bank = distill.TeacherBank.load(str(root / "teachers" / "{id}" / "model.pt"), objects, student,
                                     torch.device("cpu"), hint=True)
@@ -220,7 +219,7 @@ def test_student_learns_each_objects_teacher_from_unlabeled_crops(root):
     from pose6d_ros.data.target_crops import TargetCrops, items_from_detections
     from pose6d_ros.training.build import build_objects
 
-    objects = build_objects(_cfg(root, out))
+    objects = build_objects(_cfg(root, out).data)
     crops = TargetCrops(root / "train", items_from_detections(root / "train_detections.json", OBJECTS), objects, S)
     b = crops.batch(range(len(crops)), jitter=False, with_labels=False)
     teachers = [_teacher(root, oid) for oid in OBJECTS]
@@ -251,9 +250,9 @@ def test_cli_with_the_tiny_recipe(root, tmp_path):
     (("distill.teachers={1: nowhere.pt}",), r"no teacher for object 2 \(teddy\)"),
     (("distill.teachers=TEACHER1",),
      r"distill.teachers\[2\] \(teddy\).*objects \[1\], expected the single object \[2\]"),
-    (("distill.teachers=",), "distill.teachers: not set"),
-    (("distill.loss=kl",), "distill.loss must be one of"),
-    (("distill.hints=true",), r"distill: unknown key\(s\) \['hints'\]"),
+    (("distill.teachers=",), "recipe key 'distill.teachers' is required by train_distill"),
+    (("distill.loss=kl",), "recipe key 'distill.loss' must be one of 'kd_star', 'kd', 'gt'"),
+    (("distill.hints=true",), "recipe key 'distill.hints' is unknown; did you mean 'distill.hint'"),
     (("distill.loss=gt", "distill.hint=false"), "distill.real=unlabeled: no loss uses unlabeled crops"),
 ])
 def test_bad_settings_are_named(root, tmp_path, overrides, message):

@@ -84,9 +84,9 @@ def test_target_crops_box_matches_the_projected_object(tiny_suite):
     from pose6d_ros.geometry.keypoints import project_points
     from pose6d_ros.data.target_crops import TargetCrops, items_from_split
     from pose6d_ros.training.build import build_objects
-    from pose6d_ros.training.config import DEFAULTS, merge
+    from pose6d_ros.training.config import DataSection
 
-    objects = build_objects(merge(DEFAULTS, {"data": {"root": str(tiny_suite), "suite": "lm-lite", "objects": [1]}}))
+    objects = build_objects(DataSection(root=str(tiny_suite), suite="lm-lite", objects=(1,)))
     items = items_from_split(tiny_suite / "test", [1])
     crops = TargetCrops(tiny_suite / "test", items, objects, 64, jitter=(0.1, 0.15))
     torch.manual_seed(0)

@@ -64,32 +64,32 @@ def test_missing_output_dir_is_an_error_naming_the_key(tmp_path, monkeypatch, ca
 def test_config_yaml_is_replaced_atomically(tmp_path):
     """A new inode moved over the old (os.replace), never the old file truncated and rewritten: a
     hard link to the old config keeps the old text."""
-    from pose6d_ros.training.config import load_config
+    from pose6d_ros.training.config import load_recipe
     from pose6d_ros.training.runner import Run
 
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.yaml").write_text("old: true\n")
     os.link(out / "config.yaml", tmp_path / "old.yaml")
-    Run(load_config(_recipe(tmp_path, output_dir=str(out))))
+    Run(load_recipe(_recipe(tmp_path, output_dir=str(out))), "supervised")
     assert (tmp_path / "old.yaml").read_text() == "old: true\n"
     assert yaml.safe_load((out / "config.yaml").read_text())["output_dir"] == str(out)
 
 
 def test_threads_flag_and_recipe_key():
-    from pose6d_ros.training.config import add_common_args, apply_threads, config_from_args, load_config
+    from pose6d_ros.training.config import add_common_args, apply_threads, config_from_args, load_recipe
 
     import argparse
 
     before = torch.get_num_threads()
     try:
         args = add_common_args(argparse.ArgumentParser()).parse_args(["--threads", "1", "--set", "threads=3"])
-        cfg = config_from_args(args)
-        assert cfg["threads"] == 1  # the flag wins over the recipe
-        assert apply_threads(cfg) == 1 and torch.get_num_threads() == 1
-        assert apply_threads(load_config(None)) is None and torch.get_num_threads() == 1  # default: untouched
+        recipe = config_from_args(args)
+        assert recipe.threads == 1  # the flag wins over the recipe
+        assert apply_threads(recipe.threads) == 1 and torch.get_num_threads() == 1
+        assert apply_threads(load_recipe(None).threads) is None and torch.get_num_threads() == 1  # default: untouched
         with pytest.raises(ValueError, match="'threads'"):
-            apply_threads(load_config(None, ["threads=0"]))
+            load_recipe(None, ["threads=0"])
     finally:
         torch.set_num_threads(before)
 
