@@ -1,4 +1,5 @@
-"""Box keypoints of an object and their projection (order fixed by ``docs/conventions.md``)."""
+"""Box keypoints of an object, rigid transforms and the pinhole projection (order and pixel
+convention fixed by ``docs/conventions.md``)."""
 
 from __future__ import annotations
 
@@ -62,12 +63,33 @@ def transform_points(points: torch.Tensor, R: torch.Tensor, t: torch.Tensor) -> 
     return points @ R.transpose(-1, -2) + t[:, None, :]
 
 
+def project_camera_points(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Pinhole projection of camera-frame points (OpenCV pixel convention): the package's one
+    projection formula (model points: :func:`project_points`; the rasterizer and the metrics call it).
+
+    ``u = fx * X/Z + s * Y/Z + cx``, ``v = fy * Y/Z + cy`` (``s = K[0, 1]``, the skew). No guard
+    against ``Z <= 0``: points behind the camera give meaningless (possibly infinite) pixels.
+
+    Args:
+        points: ``(B, N, 3)`` camera-frame points.
+        K: ``(B, 3, 3)`` intrinsics.
+
+    Returns:
+        ``(B, N, 2)`` pixel coordinates.
+    """
+    check_shape(points, ("B", "N", 3), "points")
+    check_shape(K, ("B", 3, 3), "K")
+    check_same_batch(("points", points), ("K", K))
+    xy = points[..., :2] / points[..., 2:3]
+    return xy @ K[:, :2, :2].transpose(-1, -2) + K[:, None, :2, 2]
+
+
 def project_points(points: torch.Tensor, R: torch.Tensor, t: torch.Tensor,
                    K: torch.Tensor) -> torch.Tensor:
     """Project model points to pixels with a pinhole camera (OpenCV pixel convention).
 
-    ``u = fx * X/Z + cx``, ``v = fy * Y/Z + cy`` with ``[X, Y, Z] = R @ x + t``. No guard against
-    ``Z <= 0``: points behind the camera give meaningless (possibly infinite) pixels.
+    :func:`project_camera_points` of ``[X, Y, Z] = R @ x + t``. No guard against ``Z <= 0``: points
+    behind the camera give meaningless (possibly infinite) pixels.
 
     Args:
         points: ``(B, N, 3)`` or ``(N, 3)`` model points.
@@ -83,11 +105,7 @@ def project_points(points: torch.Tensor, R: torch.Tensor, t: torch.Tensor,
         >>> project_points(torch.tensor([[0.1, 0, 0]]), torch.eye(3)[None], torch.tensor([[0., 0, 1]]), K)
         tensor([[[370., 240.]]])
     """
-    check_shape(K, ("B", 3, 3), "K")
-    check_same_batch(("R", R), ("K", K))
-    X = transform_points(points, R, t)
-    xy = X[..., :2] / X[..., 2:3]
-    return xy @ K[:, :2, :2].transpose(-1, -2) + K[:, None, :2, 2]
+    return project_camera_points(transform_points(points, R, t), K)
 
 
 __all__ = ["box_keypoints", "transform_points", "project_points"]

@@ -4,9 +4,11 @@ All functions are batched over ``B`` pose pairs of ONE object: ``R_est, R_gt`` a
 ``t_est, t_gt`` are ``(B, 3)`` in metres, ``pts`` are the object's model points ``(P, 3)`` in metres.
 Errors are returned as ``(B,)`` tensors in metres (3D metrics) or pixels (2D metrics).
 
+Which poses count as correct (thresholds, failed estimates) is decided in one place,
+``pose6d_ros.evaluation.evaluate.score_poses``.
+
 Example:
     >>> e = add(R, t, R_gt, t_gt, pts)                  # doctest: +SKIP
-    >>> recall(e, 0.1 * diameter)                        # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -19,14 +21,10 @@ import torch
 from torch import Tensor
 
 from pose6d_ros._checks import check_same_batch, check_shape
+from pose6d_ros.geometry.keypoints import project_camera_points, project_points, transform_points
 
 #: Pose pairs x symmetries x model points processed per chunk by MSSD / MSPD.
 _ADI_CHUNK = 2 ** 22
-
-
-def transform(R: Tensor, t: Tensor, pts: Tensor) -> Tensor:
-    """``(B, 3, 3), (B, 3), (P, 3) -> (B, P, 3)``: ``R @ x + t``."""
-    return pts @ R.transpose(-1, -2) + t[:, None, :]
 
 
 def _check(R_est: Tensor, t_est: Tensor, R_gt: Tensor, t_gt: Tensor, pts: Tensor) -> None:
@@ -41,7 +39,7 @@ def _check(R_est: Tensor, t_est: Tensor, R_gt: Tensor, t_gt: Tensor, pts: Tensor
 def add(R_est: Tensor, t_est: Tensor, R_gt: Tensor, t_gt: Tensor, pts: Tensor) -> Tensor:
     """ADD (Hinterstoisser et al.): mean distance between corresponding transformed model points."""
     _check(R_est, t_est, R_gt, t_gt, pts)
-    return (transform(R_est, t_est, pts) - transform(R_gt, t_gt, pts)).norm(dim=-1).mean(dim=-1)
+    return (transform_points(pts, R_est, t_est) - transform_points(pts, R_gt, t_gt)).norm(dim=-1).mean(dim=-1)
 
 
 def adi(R_est: Tensor, t_est: Tensor, R_gt: Tensor, t_gt: Tensor, pts: Tensor,
@@ -100,17 +98,11 @@ def te(t_est: Tensor, t_gt: Tensor) -> Tensor:
     return (t_est - t_gt).norm(dim=-1)
 
 
-def project(pts_cam: Tensor, K: Tensor) -> Tensor:
-    """``(B, P, 3)`` camera-frame points, ``(B, 3, 3)`` K -> ``(B, P, 2)`` pixels."""
-    uvw = pts_cam @ K.transpose(-1, -2)
-    return uvw[..., :2] / uvw[..., 2:3]
-
-
 def proj_error(R_est: Tensor, t_est: Tensor, R_gt: Tensor, t_gt: Tensor, K: Tensor, pts: Tensor) -> Tensor:
     """2D projection error (Brachmann et al.): mean pixel distance of the projected model points."""
     _check(R_est, t_est, R_gt, t_gt, pts)
     check_shape(K, ("B", 3, 3), "K")
-    return (project(transform(R_est, t_est, pts), K) - project(transform(R_gt, t_gt, pts), K)).norm(dim=-1).mean(-1)
+    return (project_points(pts, R_est, t_est, K) - project_points(pts, R_gt, t_gt, K)).norm(dim=-1).mean(-1)
 
 
 def symmetry_transforms(symmetries_discrete: Union[np.ndarray, Sequence] = (), symmetries_continuous: Sequence = (),
@@ -178,7 +170,7 @@ def _chunked(fn, B: int, per_item: int, like: Tensor) -> Tensor:
 
 def _mssd(R_est, t_est, R_gt, t_gt, pts, sR, st) -> Tensor:
     Rg, tg = _with_symmetries(R_gt, t_gt, sR, st)  # (B, T, ...)
-    est = transform(R_est, t_est, pts)[:, None]  # (B, 1, P, 3)
+    est = transform_points(pts, R_est, t_est)[:, None]  # (B, 1, P, 3)
     gt = pts @ Rg.transpose(-1, -2) + tg[:, :, None, :]  # (B, T, P, 3)
     return (est - gt).norm(dim=-1).max(dim=-1).values.min(dim=-1).values
 
@@ -195,25 +187,7 @@ def mspd(R_est: Tensor, t_est: Tensor, R_gt: Tensor, t_gt: Tensor, K: Tensor, pt
 def _mspd(R_est, t_est, R_gt, t_gt, K, pts, sR, st) -> Tensor:
     Rg, tg = _with_symmetries(R_gt, t_gt, sR, st)
     T = Rg.shape[1]
-    uv_est = project(transform(R_est, t_est, pts), K)[:, None]  # (B, 1, P, 2)
+    uv_est = project_points(pts, R_est, t_est, K)[:, None]  # (B, 1, P, 2)
     gt_cam = pts @ Rg.transpose(-1, -2) + tg[:, :, None, :]  # (B, T, P, 3)
-    uv_gt = project(gt_cam.flatten(1, 2), K).unflatten(1, (T, pts.shape[0]))
+    uv_gt = project_camera_points(gt_cam.flatten(1, 2), K).unflatten(1, (T, pts.shape[0]))
     return (uv_est - uv_gt).norm(dim=-1).max(dim=-1).values.min(dim=-1).values
-
-
-def recall(errors: Tensor, threshold: Union[float, Tensor], failed: Tensor = None) -> float:
-    """Fraction of ``errors`` below ``threshold`` (failed estimates count as misses)."""
-    ok = errors < threshold
-    if failed is not None:
-        ok = ok & ~failed
-    return float(ok.float().mean()) if ok.numel() else float("nan")
-
-
-def recall_add(errors: Tensor, diameter: float, threshold: float = 0.1, failed: Tensor = None) -> float:
-    """ADD(-S) recall at ``threshold`` x the object diameter (10% as in LINEMOD)."""
-    return recall(errors, threshold * diameter, failed)
-
-
-def recall_proj(errors: Tensor, threshold_px: float = 5.0, failed: Tensor = None) -> float:
-    """2D-projection recall at ``threshold_px`` pixels (5 px as in LINEMOD)."""
-    return recall(errors, threshold_px, failed)

@@ -30,6 +30,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from pose6d_ros.geometry.keypoints import project_camera_points
+
 __all__ = ["Fragments", "ContourFragments", "project", "rasterize_faces", "rasterize_contours"]
 
 
@@ -86,7 +88,8 @@ class ContourFragments:
 
 
 def project(points: torch.Tensor, K: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Pinhole projection with OpenCV intrinsics.
+    """Pinhole projection with OpenCV intrinsics (:func:`~pose6d_ros.geometry.keypoints.project_camera_points`),
+    depths near zero clamped to ``1e-12``.
 
     Args:
         points: ``(B, N, 3)`` camera-frame points.
@@ -96,15 +99,8 @@ def project(points: torch.Tensor, K: torch.Tensor) -> Tuple[torch.Tensor, torch.
         ``(B, N, 2)`` pixel coordinates ``(u, v)`` and ``(B, N)`` depths ``z``.
     """
     z = points[..., 2]
-    zs = torch.where(z.abs() > 1e-12, z, torch.full_like(z, 1e-12))
-    x = points[..., 0] / zs
-    y = points[..., 1] / zs
-    fx, fy = K[:, 0, 0, None], K[:, 1, 1, None]
-    cx, cy = K[:, 0, 2, None], K[:, 1, 2, None]
-    s = K[:, 0, 1, None]
-    u = fx * x + s * y + cx
-    v = fy * y + cy
-    return torch.stack([u, v], dim=-1), z
+    zs = torch.where(z.abs() > 1e-12, z, torch.full_like(z, 1e-12))  # a vertex on the camera plane: finite
+    return project_camera_points(torch.cat((points[..., :2], zs[..., None]), dim=-1), K), z
 
 
 def _expand(counts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pose6d_ros.geometry.keypoints import box_keypoints, project_points, transform_points
+from pose6d_ros.geometry.keypoints import box_keypoints, project_camera_points, project_points, transform_points
 
 
 class TestBoxKeypoints:
@@ -50,6 +50,17 @@ class TestProject:
         shared = project_points(torch.from_numpy(pts[0]), torch.from_numpy(R), torch.from_numpy(t),
                                 torch.from_numpy(K).expand(B, 3, 3))
         np.testing.assert_allclose(shared[0].numpy(), ref[0], atol=1e-9)
+
+    def test_skewed_camera_matches_homogeneous_formula(self):
+        """The one projection (rasterizer, metrics, keypoints) against ``K @ X`` dehomogenised, with a
+        skew OpenCV's projectPoints would ignore."""
+        rng = np.random.default_rng(2)
+        X = np.concatenate([rng.uniform(-0.3, 0.3, (3, 7, 2)), rng.uniform(0.3, 2.0, (3, 7, 1))], -1)
+        K = np.array([[[500.0, 3.5, 320.0], [0, 520.0, 240.0], [0, 0, 1]]]).repeat(3, 0)
+        K[1, 0, 1] = -2.0
+        uvw = np.einsum("bij,bnj->bni", K, X)
+        ours = project_camera_points(torch.from_numpy(X), torch.from_numpy(K))
+        np.testing.assert_allclose(ours.numpy(), uvw[..., :2] / uvw[..., 2:], rtol=0, atol=1e-9)
 
     def test_transform_hand(self):
         R = torch.tensor([[[0.0, -1, 0], [1, 0, 0], [0, 0, 1]]])
