@@ -11,7 +11,7 @@ is installed, else through transforms3d (the same Gohlke code that tf_transforma
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -123,19 +123,12 @@ def camera_info_to_model(msg) -> CameraModel:
         raise MessageError(f"CameraInfo: {e}") from e
 
 
-def detections_from_msg(msg) -> List[Detection]:
-    """`vision_msgs/Detection2DArray` -> detections (best hypothesis of each).
-
-    A detection with no hypothesis, a non-finite box or a non-positive size raises `MessageError`
-    naming `detections[i]`; callers drop only that detection.
-    """
-    out: List[Detection] = []
-    for i, det in enumerate(msg.detections):
-        out.append(detection_from_msg(det, i))
-    return out
-
-
 def detection_from_msg(det, index: int = 0) -> Detection:
+    """One `vision_msgs/Detection2D` (entry ``index`` of its array) -> `Detection` (best hypothesis).
+
+    No hypothesis, a non-finite box or score, or a non-positive size raises `MessageError` naming
+    `detections[index]`; callers drop only that detection.
+    """
     if len(det.results) == 0:
         raise MessageError(f"detections[{index}].results: empty (no class hypothesis)")
     best = max(det.results, key=lambda r: r.hypothesis.score)

@@ -166,11 +166,11 @@ def test_detection_round_trip_and_bad_detection():
 
     dets = [conv.Detection("duck", 0.9, (10.0, 20.0, 50.0, 80.0), "a"), conv.Detection("3", 0.4, (0.0, 0.0, 4.0, 2.0))]
     msg = conv.detection2d_array_msg(Header(frame_id="cam"), dets)
-    back = conv.detections_from_msg(msg)
+    back = [conv.detection_from_msg(d, i) for i, d in enumerate(msg.detections)]
     assert back == dets
     msg.detections[1].bbox.size_x = float("nan")
     with pytest.raises(conv.MessageError, match=r"detections\[1\]"):
-        conv.detections_from_msg(msg)
+        conv.detection_from_msg(msg.detections[1], 1)
     msg.detections[0].results = []
     with pytest.raises(conv.MessageError, match=r"detections\[0\].results"):
         conv.detection_from_msg(msg.detections[0], 0)
