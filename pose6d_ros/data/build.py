@@ -209,7 +209,7 @@ def _write_annotations(out: Path, records: list[dict], cfg) -> None:
     bop.save_detections(out / "train_detections.json", detections)
 
 
-def _write_models(registry, models_dir: Path) -> None:
+def _write_models(registry: ObjectRegistry, models_dir: Path) -> None:
     """BOP models: ``obj_XXXXXX.ply`` in millimetres with vertex colours, plus ``models_info.json``."""
     import trimesh
 

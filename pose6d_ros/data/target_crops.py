@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pose6d_ros.data.bop import BopDataset, load_detections
-from pose6d_ros.data.crops import bop_bbox_to_box, crop_images, jitter_boxes, square_windows
+from pose6d_ros.data.crops import DEFAULT_CROP_PADDING, bop_bbox_to_box, crop_images, jitter_boxes, square_windows
 from pose6d_ros.geometry.camera import crop_affine, crop_intrinsics, pixels_to_normalized
 from pose6d_ros.geometry.keypoints import project_points
 from pose6d_ros.registry import RunObjects
@@ -101,7 +101,7 @@ class TargetCrops:
     """
 
     def __init__(self, rgb_split: str | Path, items: Sequence[CropItem], objects: RunObjects, crop_size: int,
-                 padding: float = 1.3, jitter: Optional[Tuple[float, float]] = None, cache_images: int = 512) -> None:
+                 padding: float = DEFAULT_CROP_PADDING, jitter: Optional[Tuple[float, float]] = None, cache_images: int = 512) -> None:
         self.ds = BopDataset(rgb_split)
         self.items = list(items)
         if not self.items:

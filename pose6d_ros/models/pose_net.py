@@ -16,6 +16,7 @@ from torch import nn
 
 from pose6d_ros._checks import check_same_batch, check_shape
 from pose6d_ros._io import atomic_write, safe_torch_load
+from pose6d_ros.data.crops import DEFAULT_CROP_PADDING
 from pose6d_ros.models.backbones import build_backbone
 from pose6d_ros.models.conditioning import (
     ConditionalInstanceNorm,
@@ -23,6 +24,7 @@ from pose6d_ros.models.conditioning import (
     OneHotConditioning,
     _exporting,
 )
+from pose6d_ros.registry import ObjectRegistry
 
 CHECKPOINT_FORMAT = "pose6d_ros.pose_net/1"
 
@@ -225,7 +227,7 @@ class ModelCard:
     crop_size: int
     backbone: str
     conditioning: str
-    crop_padding: float = 1.3
+    crop_padding: float = DEFAULT_CROP_PADDING
     extra: Mapping[str, Any] = field(default_factory=dict)
     parameters: Optional[int] = field(default=None, compare=False)
     macs_per_crop: Optional[int] = field(default=None, compare=False)
@@ -256,7 +258,7 @@ class ModelCard:
         crop_size: int,
         backbone: str,
         conditioning: str,
-        crop_padding: float = 1.3,
+        crop_padding: float = DEFAULT_CROP_PADDING,
         extra: Mapping[str, Any] | None = None,
         parameters: Optional[int] = None,
         macs_per_crop: Optional[int] = None,
@@ -284,8 +286,8 @@ class ModelCard:
                                    macs_per_crop=count_macs(model, self.crop_size))
 
     @classmethod
-    def for_model(cls, model: PoseNet, registry, object_ids: Sequence[Union[int, str]] | None = None,
-                  crop_padding: float = 1.3, extra: Mapping[str, Any] | None = None) -> "ModelCard":
+    def for_model(cls, model: PoseNet, registry: ObjectRegistry, object_ids: Sequence[Union[int, str]] | None = None,
+                  crop_padding: float = DEFAULT_CROP_PADDING, extra: Mapping[str, Any] | None = None) -> "ModelCard":
         """Card for ``model`` trained on ``object_ids`` (default: every registry object, in order)."""
         objects = [registry.resolve(i) for i in object_ids] if object_ids is not None else list(registry)
         if len(objects) != model.num_objects:
@@ -317,7 +319,7 @@ class ModelCard:
         d = json.loads(text)
         return cls.create(**d)
 
-    def check_against(self, registry, atol: float = 1e-6) -> None:
+    def check_against(self, registry: ObjectRegistry, atol: float = 1e-6) -> None:
         """Raise ``ValueError`` naming the object unless every model object exists in ``registry``
         with the same name and the same keypoints (within ``atol`` metres)."""
         problems = []

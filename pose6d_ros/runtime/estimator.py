@@ -20,6 +20,7 @@ from pose6d_ros._checks import check_shape
 from pose6d_ros.data.crops import CropBatch, crop_images, square_windows
 from pose6d_ros.geometry.camera import CameraModel, crop_intrinsics, undistort_points
 from pose6d_ros.geometry.pnp import DEFAULT_ITERATIONS, solve_pnp
+from pose6d_ros.registry import ObjectRegistry
 from pose6d_ros.runtime.backends import KeypointPredictor, make_predictor
 
 #: Values of :attr:`PoseEstimate.reason` (``""`` when ``ok``).
@@ -116,7 +117,7 @@ class Estimator:
     def __init__(
         self,
         model: Union[str, os.PathLike, KeypointPredictor],
-        registry,
+        registry: ObjectRegistry,
         *,
         backend: str = "auto",
         device: str = "auto",

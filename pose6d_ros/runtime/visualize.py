@@ -8,12 +8,13 @@ import cv2
 import numpy as np
 
 from pose6d_ros.geometry.camera import CameraModel
+from pose6d_ros.registry import ObjectRegistry
 
 # Edges of the 8 box corners in the keypoint order of docs/conventions.md (bit 2: x, bit 1: y, bit 0: z).
 _EDGES = [(a, b) for a in range(8) for b in range(a + 1, 8) if bin(a ^ b).count("1") == 1]
 
 
-def draw_boxes(rgb: np.ndarray, camera: CameraModel, poses: Sequence, registry) -> np.ndarray:
+def draw_boxes(rgb: np.ndarray, camera: CameraModel, poses: Sequence, registry: ObjectRegistry) -> np.ndarray:
     """Copy of ``rgb`` ``(H, W, 3)`` uint8 with each ``ok`` estimate's 3D box drawn (OpenCV projection,
     with the camera's distortion)."""
     out = np.ascontiguousarray(rgb.copy())
