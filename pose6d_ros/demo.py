@@ -22,6 +22,10 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from pose6d_ros.data.build import main as build_main
+from pose6d_ros.runtime.onnx_export import main as export_main
+from pose6d_ros.training.selfsup import main as selfsup_main
+
 DEMO_OBJECTS = (1, 2)
 
 
@@ -47,8 +51,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if (data / "build_info.json").is_file():
         print("already built")
     else:
-        from pose6d_ros.data.build import main as build_main
-
         code = build_main(["--suite", "lm-lite", "--out", str(data), "--images-per-object",
                            str(args.images_per_object), "--objects", *map(str, DEMO_OBJECTS)])
         if code:
@@ -62,8 +64,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if table.is_file():
             print(table.read_text())
     else:
-        from pose6d_ros.training.selfsup import main as selfsup_main
-
         selfsup_main(["-c", "training/quick_demo.yaml", "--output-dir", str(out),
                       "--set", f"data.root={data}"])
         if not model_pt.is_file():
@@ -73,8 +73,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _banner("3/4 export_onnx")
     onnx_path = out / "model.onnx"
     if not onnx_path.is_file():
-        from pose6d_ros.runtime.onnx_export import main as export_main
-
         code = export_main([str(model_pt), str(onnx_path), "--registry", str(data / "objects.yaml")])
         if code:
             return code
