@@ -23,6 +23,10 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from pose6d_ros.data import bop
+from pose6d_ros.registry import ObjectRegistry
+from pose6d_ros.ros import conversions as conv
+
 
 def _estimator_command(model: str, objects: str, extra: Sequence[str]) -> List[str]:
     exe = shutil.which("estimator_node")
@@ -40,10 +44,6 @@ def replay(model: str, objects: str, split: str, frames: int = 8, timeout: float
     from scipy.spatial.transform import Rotation
     from sensor_msgs.msg import CameraInfo
     from std_msgs.msg import Header
-
-    from pose6d_ros.data import bop
-    from pose6d_ros.registry import ObjectRegistry
-    from pose6d_ros.ros import conversions as conv
 
     registry = ObjectRegistry.from_yaml(objects)
     items = []
