@@ -21,6 +21,7 @@ from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
 from pose6d_ros._checks import check_shape
+from pose6d_ros.models.pretrained import efficientnet_lite0_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -236,8 +237,6 @@ def efficientnet_lite0(*, small_input: bool = False, pretrained: bool = True) ->
     # image_size=None: "SAME" padding from each input's size (static padding would fix it at 224 px)
     net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
     if pretrained:
-        from pose6d_ros.models.pretrained import efficientnet_lite0_state_dict
-
         net.load_state_dict(efficientnet_lite0_state_dict(), strict=True)
     if small_input:
         net._conv_stem.stride = (1, 1)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from pose6d_ros._checks import check_shape
+from pose6d_ros.models.pretrained import CAFFE_MEAN_BGR, squeezenet1_1
 from pose6d_ros.training.config import PerceptualSection
 
 __all__ = ["FeatureExtractor", "VGGFeatures", "PhiEarlyFeatures", "SqueezeNetFeatures", "SQUEEZENET_TAPS",
@@ -138,8 +139,6 @@ def SqueezeNetFeatures(layers: Sequence[str] = ("relu1", "fire3", "fire5", "fire
     Input convention handled inside: the weights are Caffe's (BGR, ``[0, 255]``, minus the BGR mean).
     A 64 px crop gives maps of 31, 15, 7 and 3 px at the four default layers.
     """
-    from pose6d_ros.models.pretrained import CAFFE_MEAN_BGR, squeezenet1_1
-
     unknown = [n for n in layers if n not in SQUEEZENET_TAPS]
     if not layers or unknown:
         raise ValueError(f"selfsup.perceptual.squeezenet_layers: unknown {unknown or 'empty list'}; "
