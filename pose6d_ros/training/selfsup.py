@@ -17,10 +17,17 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
-import numpy as np
 import torch
 
-from pose6d_ros.training.build import RunObjects, SyntheticSource
+from pose6d_ros.data.augment import occlusion_masks
+from pose6d_ros.geometry.pnp import solve_pnp
+from pose6d_ros.registry import RunObjects
+from pose6d_ros.rendering.mesh import pack_objects
+from pose6d_ros.rendering.renderer import RenderSettings, render
+from pose6d_ros.training import distributed as du
+from pose6d_ros.training import supervised
+from pose6d_ros.training.bn_adapt import adapt_batchnorm
+from pose6d_ros.training.build import SyntheticSource
 from pose6d_ros.training.config import Recipe, RenderSection, SelfSupSection, as_recipe, check_required
 from pose6d_ros.training.perceptual import build_perceptual
 from pose6d_ros.training.runner import Run, cli_main
@@ -35,20 +42,8 @@ log = logging.getLogger("pose6d_ros.training")
 def build_renderer(objects: RunObjects, render_cfg: RenderSection, device: torch.device):
     """``render_fn`` over the run's meshes (model-row order), composited over black
     (``selfsup.render``: meshes decimated above ``max_faces``, soft edge ``sigma``, ``backend``)."""
-    from pose6d_ros.rendering.mesh import Mesh, decimate, pack_meshes
-    from pose6d_ros.rendering.renderer import RenderSettings, render
-
-    max_faces = render_cfg.max_faces
-    meshes = []
-    for oid in objects.ids:
-        o = objects.registry.get(oid)
-        tm = o.load_mesh()
-        m = Mesh.from_arrays(np.asarray(tm.vertices, np.float32), np.asarray(tm.faces),
-                             np.asarray(tm.visual.vertex_colors)[:, :3] / 255.0, name=o.name)
-        if max_faces and m.num_faces > max_faces:
-            m = decimate(m, max_faces)
-        meshes.append(m)
-    batch = pack_meshes(meshes, device=device)
+    batch = pack_objects([objects.registry.get(oid) for oid in objects.ids], device=device,
+                         max_faces=render_cfg.max_faces)
     settings = RenderSettings(sigma=render_cfg.sigma, background=(0.0, 0.0, 0.0), backend=render_cfg.backend)
 
     def render_fn(object_index, R, t, K, size):
@@ -62,9 +57,6 @@ def build_step(settings: SelfSupSection, objects: RunObjects, model: torch.nn.Mo
     """The step of the ``selfsup`` section: its switches and weights, the renderer of
     ``selfsup.render``, the features of ``selfsup.perceptual``, the patches of
     ``selfsup.occlusion_patches``."""
-    from pose6d_ros.data.augment import occlusion_masks
-    from pose6d_ros.geometry.pnp import solve_pnp
-
     occ_cfg = settings.occlusion_patches
 
     def occlusion_fn(B: int, S: int, dev: torch.device) -> torch.Tensor:
@@ -80,8 +72,6 @@ def build_step(settings: SelfSupSection, objects: RunObjects, model: torch.nn.Mo
 def pretrain_synthetic(recipe: Recipe, resume: bool = False) -> Recipe:
     """When ``init.checkpoint`` is empty and ``init.synthetic.steps > 0``: train the synthetic-only
     init first (into ``output_dir/synthetic``) and return ``recipe`` pointing at it."""
-    from pose6d_ros.training import supervised
-
     syn = recipe.init.synthetic
     if recipe.init.checkpoint or syn.steps <= 0:
         return recipe
@@ -134,9 +124,6 @@ def _adapt_bn(run: Run, real, epochs: int, batch: int, seed: int) -> None:
     """``init.adapt_bn_epochs`` (ours): BN statistics of Φ re-estimated on the unlabeled crops, in
     batches of ``batch`` (a smaller last one only when there is no full one). Every rank computes
     the same statistics from the same seeded order; rank 0's are broadcast so that they agree."""
-    from pose6d_ros.training import distributed as du
-    from pose6d_ros.training.bn_adapt import adapt_batchnorm
-
     order = torch.randperm(len(real) * epochs, generator=torch.Generator().manual_seed(seed)) % len(real)
     chunks = [order[i:i + batch].tolist() for i in range(0, len(order), batch)]
     if len(chunks) > 1 and len(chunks[-1]) < batch:
