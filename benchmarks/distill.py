@@ -132,7 +132,8 @@ def evaluate_model(model_path: str, split: str, registry_path: str, objects: Seq
         if limit is None or kept.get(it.obj_id, 0) < limit:  # the first `limit` of each object
             kept[it.obj_id] = kept.get(it.obj_id, 0) + 1
             items.append(it)
-    crops = TargetCrops(split, items, RunObjects(registry, list(card.object_ids)), card.crop_size)
+    crops = TargetCrops(split, items, RunObjects(registry, list(card.object_ids)), card.crop_size,
+                        padding=card.crop_padding)
     preds = predict_split(model, crops, torch.from_numpy(card.keypoints_array).float())
     table = score_predictions(preds, registry)
     res = {"rows": table.rows, "mean": table.mean(), "counts": table.counts, "parameters": card.parameters,
