@@ -17,7 +17,7 @@ from __future__ import annotations
 import ast
 import pathlib
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import pytest
 
@@ -147,13 +147,14 @@ def _is_ros(top: str) -> bool:
     return top in ROS_TOP or top.endswith(ROS_SUFFIXES)
 
 
-def _chain(g: Dict[str, List[Edge]], start: str, bad: Tuple[str, ...]) -> Optional[List[Edge]]:
-    """The shortest chain of imports from ``start`` to a module inside one of ``bad`` (BFS)."""
+def _shortest(g: Dict[str, List[Edge]], start: str, goal: Callable[[str], bool]) -> Optional[List[Edge]]:
+    """The shortest chain of imports from ``start`` to a module where ``goal`` holds (BFS); ``[]`` when
+    ``start`` is one, ``None`` when none is reachable."""
     prev: Dict[str, Optional[Edge]] = {start: None}
     queue = [start]
     while queue:
         m = queue.pop(0)
-        if any(_inside(m, b) for b in bad):
+        if goal(m):
             chain = []
             while prev[m] is not None:
                 chain.append(prev[m])
@@ -164,6 +165,11 @@ def _chain(g: Dict[str, List[Edge]], start: str, bad: Tuple[str, ...]) -> Option
                 prev[e.dst] = e
                 queue.append(e.dst)
     return None
+
+
+def _chain(g: Dict[str, List[Edge]], start: str, bad: Tuple[str, ...]) -> Optional[List[Edge]]:
+    """The shortest chain of imports from ``start`` into one of the packages ``bad``."""
+    return _shortest(g, start, lambda m: any(_inside(m, b) for b in bad))
 
 
 def find_cycles(g: Dict[str, List[Edge]]) -> List[List[Edge]]:
@@ -205,30 +211,11 @@ def find_cycles(g: Dict[str, List[Edge]]) -> List[List[Edge]]:
         sub = {m: [e for e in g[m] if e.dst in members] for m in comp}
         start, best = comp[0], None
         for e in (e for m in comp for e in sub[m] if e.dst == start):
-            hops = _path(sub, start, e.src)
+            hops = _shortest(sub, start, lambda m, src=e.src: m == src)
             if hops is not None and (best is None or len(hops) + 1 < len(best)):
                 best = hops + [e]
         loops.append(best)
     return loops
-
-
-def _path(g: Dict[str, List[Edge]], a: str, b: str) -> Optional[List[Edge]]:
-    """Shortest chain of edges a -> b (BFS), [] when a == b."""
-    prev: Dict[str, Optional[Edge]] = {a: None}
-    queue = [a]
-    while queue:
-        m = queue.pop(0)
-        if m == b:
-            out = []
-            while prev[m] is not None:
-                out.append(prev[m])
-                m = prev[m].src
-            return out[::-1]
-        for e in g[m]:
-            if e.dst not in prev:
-                prev[e.dst] = e
-                queue.append(e.dst)
-    return None
 
 
 def _report(chains: List[List[Edge]]) -> str:
