@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from pose6d_ros.data.crops import DEFAULT_CROP_PADDING
 from pose6d_ros.registry import ObjectRegistry, RunObjects
 from pose6d_ros.training.config import DataSection, InitSection, ModelSection, OptimSection
 from pose6d_ros.training.trainer import StepSampler
@@ -102,13 +103,15 @@ class SyntheticSource:
         n = data.synthetic_per_object * len(objects.ids)
         S = data.crop_size
         seed = pool_seed
-        scfg = SyntheticConfig(size=S, object_ids=objects.ids)
+        scfg = SyntheticConfig(size=S, object_ids=objects.ids, padding=data.crop_padding)
         self.ds = SyntheticCrops(objects.registry, n, scfg, seed=seed)
         self.sampler = StepSampler(n, batch_size, seed=sampler_seed)
         cache_dir = data.synthetic_cache_dir
         self.cache_file = None
         if cache_dir:
-            key = f"{data.suite}_o{'-'.join(map(str, objects.ids))}_s{S}_n{n}_seed{seed}.pt"
+            # the default padding leaves the name of the pools rendered before it was a key
+            pad = "" if data.crop_padding == DEFAULT_CROP_PADDING else f"_p{data.crop_padding:g}"
+            key = f"{data.suite}_o{'-'.join(map(str, objects.ids))}_s{S}{pad}_n{n}_seed{seed}.pt"
             self.cache_file = Path(cache_dir) / key
         self.lut = objects.row_lookup()
         self.color_aug = color_aug
@@ -182,17 +185,17 @@ class SyntheticSource:
         return b
 
 
-def save_run_model(path: str | Path, model: torch.nn.Module, objects: RunObjects, extra: Dict[str, Any],
-                   training: Optional[Dict[str, Any]] = None) -> Path:
-    """``save_model`` with the model card of the run's objects; ``training`` is the card's record of
-    how the network was trained (trainer kind, recipe, teachers)."""
+def save_run_model(path: str | Path, model: torch.nn.Module, objects: RunObjects, crop_padding: float,
+                   extra: Dict[str, Any], training: Optional[Dict[str, Any]] = None) -> Path:
+    """``save_model`` with the model card of the run's objects and crop padding (``data.crop_padding``);
+    ``training`` is the card's record of how the network was trained (trainer kind, recipe, teachers)."""
     from pose6d_ros.models import ModelCard, save_model
     from pose6d_ros.training.checkpoint import unwrap
 
     m = unwrap(model)
     card = ModelCard.create(object_ids=objects.ids, object_names=[objects.registry.get(i).name for i in objects.ids],
                             keypoints=objects.keypoints.double(), crop_size=m.crop_size,
-                            backbone=m.config["backbone"], conditioning=m.config["conditioning"], extra=extra,
-                            training=training)
+                            backbone=m.config["backbone"], conditioning=m.config["conditioning"],
+                            crop_padding=crop_padding, extra=extra, training=training)
     save_model(path, m, card)
     return Path(path)

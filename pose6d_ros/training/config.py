@@ -27,6 +27,7 @@ from typing import Any, Dict, Iterable, Literal, Mapping, Optional, Sequence, Tu
 import yaml
 
 from pose6d_ros.data.augment import OcclusionConfig
+from pose6d_ros.data.crops import DEFAULT_CROP_PADDING
 from pose6d_ros.training.schema import RecipeError, build_section, to_plain
 from pose6d_ros.training.selfsup_step import SelfSupSettings
 
@@ -64,6 +65,9 @@ class DataSection:
     registry: Optional[str] = None  # path to a registry YAML or BOP models_info.json
     objects: Optional[Tuple[int, ...]] = None  # object ids, in model-row order; None = all of the registry
     crop_size: int = 64
+    # crop window side over the box's longer side, for every crop the run trains and tests on; the
+    # model card records it and the runtime and `evaluate` crop with it
+    crop_padding: float = DEFAULT_CROP_PADDING
     synthetic_per_object: int = 2000  # source-domain crops (data/synthetic.py)
     synthetic_cache: bool = True  # render each synthetic crop once, keep it (uint8) in memory
     synthetic_cache_dir: Optional[str] = "runs/cache"  # ... and on disk once complete (shared by runs; None = off)
@@ -75,6 +79,8 @@ class DataSection:
     def __post_init__(self) -> None:
         _at_least("data", self, 1, "crop_size", "batch_size", "synthetic_batch_size", "synthetic_per_object")
         _at_least("data", self, 0, "diag_per_object")
+        if not self.crop_padding > 0:
+            raise RecipeError(f"recipe key 'data.crop_padding' must be > 0, got {self.crop_padding}")
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,8 @@ class RenderSection:
 class PerceptualSection:
     """``selfsup.perceptual``: the features of L_percep (``training/perceptual.build_perceptual``)."""
 
-    features: Optional[str] = None  # squeezenet | vgg16 | phi_early; null: vgg16 when vgg_weights is set, else squeezenet
+    # squeezenet | vgg16 | phi_early; null: vgg16 when vgg_weights is set, else squeezenet
+    features: Optional[str] = None
     squeezenet_layers: Tuple[str, ...] = ("relu1", "fire3", "fire5", "fire9")
     vgg_weights: Optional[str] = None
     vgg_layers: Tuple[int, ...] = (3, 8, 15)

@@ -131,8 +131,9 @@ class TeacherBank:
 
     @classmethod
     def load(cls, spec: Any, objects: RunObjects, student: nn.Module, device: torch.device,
-             hint: bool) -> "TeacherBank":
-        """Load and check the teachers of ``distill.teachers`` against the run's objects and the student."""
+             hint: bool, crop_padding: Optional[float] = None) -> "TeacherBank":
+        """Load and check the teachers of ``distill.teachers`` against the run's objects and the student
+        (and, when given, the student's crop padding: a teacher sees the student's crops)."""
         from pose6d_ros.models import load_model
 
         teachers, records = [], []
@@ -149,6 +150,9 @@ class TeacherBank:
             if model.crop_size != student.crop_size or model.num_keypoints != student.num_keypoints:
                 raise ValueError(f"{where}: crop {model.crop_size} px and {model.num_keypoints} keypoints, the student "
                                  f"has crop {student.crop_size} px and {student.num_keypoints} keypoints")
+            if crop_padding is not None and card.crop_padding != crop_padding:
+                raise ValueError(f"{where}: trained on crops of padding {card.crop_padding}, the student's "
+                                 f"data.crop_padding is {crop_padding}")
             if hint and model.backbone.stride != student.backbone.stride:
                 raise ValueError(f"{where}: its features are at stride {model.backbone.stride}, the student's at "
                                  f"{student.backbone.stride}; hint training needs maps of the same size "
@@ -312,7 +316,8 @@ def train(recipe: Union[Recipe, Mapping[str, Any]], resume: bool = False,
                          f"{len(run.objects.ids)}")
     teachers = None
     if settings.needs_teachers:
-        teachers = TeacherBank.load(settings.teachers, run.objects, student, run.device, settings.hint)
+        teachers = TeacherBank.load(settings.teachers, run.objects, student, run.device, settings.hint,
+                                    crop_padding=recipe.data.crop_padding)
     adapters = None
     if settings.hint:
         adapters = HintAdapters(len(run.objects.ids), teachers.feature_channels, student.backbone.out_channels)

@@ -95,7 +95,8 @@ class Run:
                     keep.append(it)
                     per[it.obj_id] = per.get(it.obj_id, 0) + 1
             if keep:
-                self.diag = TargetCrops(diag_split, keep, self.objects, S).batch(range(len(keep)), jitter=False)
+                self.diag = TargetCrops(diag_split, keep, self.objects, S, padding=data.crop_padding).batch(
+                    range(len(keep)), jitter=False)
 
     def target_crops(self, labelled: bool) -> TargetCrops:
         """Training crops of the target domain: unlabeled (self-supervised) or with the withheld
@@ -107,7 +108,8 @@ class Run:
             items = items_from_split(self.root / "train_gt", self.objects.ids)
         else:
             items = items_from_detections(self.root / "train_detections.json", self.objects.ids)
-        return TargetCrops(self.train_split, items, self.objects, S, jitter=jitter)
+        return TargetCrops(self.train_split, items, self.objects, S, padding=self.recipe.data.crop_padding,
+                           jitter=jitter)
 
     def trainer(self, step_fn: Callable[[Trainer, Any], StepOutput], batches, extra_hooks=()) -> Trainer:
         r = self.recipe
@@ -141,7 +143,7 @@ class Run:
         if trainer.step == trainer.max_steps and trainer.state.get("teacher") is not None \
                 and self.recipe.selfsup.ema_final:
             trainer.model.load_state_dict(trainer.state["teacher"].module.state_dict())
-        path = save_run_model(self.out / "model.pt", trainer.model, self.objects,
+        path = save_run_model(self.out / "model.pt", trainer.model, self.objects, self.recipe.data.crop_padding,
                               {"kind": kind, "steps": trainer.step, "output_dir": str(self.out)},
                               training={"kind": kind, "recipe": self.recipe.to_dict(), **(training or {})})
         log.info("wrote %s", path)
@@ -156,7 +158,8 @@ class Run:
             limit = self.recipe.eval.test_limit
             if limit:  # per object: a global cap would keep only the first objects of the split
                 items = first_per_object(items, limit)
-            crops = TargetCrops(self.test_split, items, self.objects, self.recipe.data.crop_size)
+            crops = TargetCrops(self.test_split, items, self.objects, self.recipe.data.crop_size,
+                                padding=self.recipe.data.crop_padding)
             preds = predict_split(trainer.model, crops, self.objects.keypoints, device=self.device)
             table = score_predictions(preds, self.objects.registry)
             write_outputs(table, preds, self.out / "eval", dataset=self.root.resolve().name)

@@ -254,6 +254,7 @@ def test_cli_with_the_tiny_recipe(root, tmp_path):
     (("distill.loss=kl",), "recipe key 'distill.loss' must be one of 'kd_star', 'kd', 'gt'"),
     (("distill.hints=true",), "recipe key 'distill.hints' is unknown; did you mean 'distill.hint'"),
     (("distill.loss=gt", "distill.hint=false"), "distill.real=unlabeled: no loss uses unlabeled crops"),
+    (("data.crop_padding=1.5",), r"distill.teachers\[1\] \(duck\).*padding 1.3, the student's data.crop_padding is 1.5"),
 ])
 def test_bad_settings_are_named(root, tmp_path, overrides, message):
     overrides = tuple(o.replace("TEACHER1", str(root / "teachers" / "1" / "model.pt")) for o in overrides)

@@ -196,3 +196,37 @@ def test_required_keys_per_trainer():
     with pytest.raises(RecipeError, match="'output_dir' is required"):
         check_required(Recipe.from_dict({"data": {"root": "d"}}), "selfsup")
     assert DataSection().root is None  # no silent data/lm-lite
+
+
+def test_crop_padding_reaches_the_crops_and_the_model_card(tmp_path):
+    """``data.crop_padding``: the target crops' window is padding x the box's longer side (crop focal
+    length = f * S / window), and the saved model card records the padding, for the runtime."""
+    import numpy as np
+    import torch
+
+    from pose6d_ros.data.bop import CameraRecord, DetectionRecord, save_detections, save_rgb, save_scene_camera
+    from pose6d_ros.models import load_model
+    from pose6d_ros.training.runner import Run
+
+    root, f, S, box = tmp_path / "data", 572.4, 32, (120.0, 90.0, 64.0, 56.0)
+    save_rgb(root / "train", 1, 0, np.zeros((240, 320, 3), np.uint8))
+    save_scene_camera(root / "train" / "000001" / "scene_camera.json",
+                      {0: CameraRecord(K=np.array([[f, 0, 160.0], [0, f, 120.0], [0, 0, 1]]))})
+    save_detections(root / "train_detections.json", [DetectionRecord(1, 0, 1, 1.0, box)])
+    cfg = {"output_dir": str(tmp_path / "run"), "threads": 1,
+           "data": {"root": str(root), "objects": [1], "crop_size": S, "crop_padding": 1.5, "box_jitter": None,
+                    "synthetic_per_object": 2, "batch_size": 2, "synthetic_cache_dir": None, "diag_per_object": 0},
+           "model": {"backbone": "mobilenet_v3_small", "head_pool": 2}, "optim": {"max_steps": 1},
+           "log": {"tensorboard": False, "progress": False}, "checkpoint": {"period": 0}}
+    threads = torch.get_num_threads()
+    try:
+        run = Run(cfg, "supervised")
+        K = run.target_crops(labelled=False).batch([0], with_labels=False)["K"][0]
+        # BOP boxes span pixel centres x .. x + w: the box's edges are w + 1 = 65 px apart
+        assert float(K[0, 0]) == pytest.approx(f * S / (1.5 * 65.0), rel=1e-5)
+        res = supervised.train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    assert load_model(res["model"])[1].crop_padding == 1.5
+    with pytest.raises(RecipeError, match="'data.crop_padding' must be > 0"):
+        load_recipe(None, ["data.crop_padding=0"])
