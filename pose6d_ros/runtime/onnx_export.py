@@ -19,12 +19,13 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from pose6d_ros._checks import reading, run_cli
+from pose6d_ros._io import atomic_write_bytes
 from pose6d_ros.data.bop import BopDataset, load_detections
 from pose6d_ros.data.crops import bop_bbox_to_box
 from pose6d_ros.geometry.camera import CameraModel
@@ -94,17 +95,20 @@ def export_onnx(
                     dynamic_axes={n: {0: "batch"} for n in (*INPUT_NAMES, OUTPUT_NAME)},
                 )
         proto = onnx.load(str(raw))
-        del proto.metadata_props[:]
-        for key, value in card_metadata(card).items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        proto.doc_string = f"pose6d_ros pose network: {card.backbone}, {card.conditioning}, crop {S}"
-        onnx.checker.check_model(proto)
-        final = Path(tmp) / "final.onnx"
-        onnx.save(proto, str(final))
-        os.replace(final, path)
+    proto.doc_string = f"pose6d_ros pose network: {card.backbone}, {card.conditioning}, crop {S}"
+    onnx.checker.check_model(proto)
+    _save_with_metadata(proto, card_metadata(card), path)
     model.train(was_training)
     return path
+
+
+def _save_with_metadata(proto, meta: Mapping[str, str], path: Path) -> Path:
+    """``proto`` with ``meta`` as its only ``metadata_props``, written atomically (``_io``)."""
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return atomic_write_bytes(path, proto.SerializeToString())
 
 
 def calibration_crops(
@@ -237,16 +241,10 @@ def quantize_onnx(
                         op_types_to_quantize=["Conv", "Gemm", "MatMul"], nodes_to_exclude=list(exclude),
                         calibrate_method=_CALIBRATION_METHODS[method](CalibrationMethod))
         proto = onnx.load(str(out))
-        del proto.metadata_props[:]
-        meta = card_metadata(card)
-        meta["quantization"] = f"int8-static-qdq-{method}"
-        meta["quantization_calibration"] = f"{len(crops)} crops; {source or 'unspecified'}"
-        for key, value in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save(proto, str(out))
-        os.replace(out, dst)
-    return dst
+    meta = card_metadata(card)
+    meta["quantization"] = f"int8-static-qdq-{method}"
+    meta["quantization_calibration"] = f"{len(crops)} crops; {source or 'unspecified'}"
+    return _save_with_metadata(proto, meta, dst)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
