@@ -296,7 +296,8 @@ def probe(data_root: Path, objects=(1, 2, 5, 6), n: int = 6) -> Dict[str, Any]:
         rec = load_recipe(None, [f"data.objects=[{oid}]"])
         obj = build_objects(rec.data)
         items = items_from_split(data_root / "diag", [oid])[:n]
-        b = TargetCrops(data_root / "diag", items, obj, 64).batch(range(len(items)), jitter=False)
+        b = TargetCrops(data_root / "diag", items, obj, 64, padding=rec.data.crop_padding).batch(
+            range(len(items)), jitter=False)
         rf = build_renderer(obj, rec.selfsup.render, torch.device("cpu"))
         phi = build_model(rec.model, rec.init, rec.data.crop_size, obj, torch.device("cpu"))
         feats = PhiEarlyFeatures(phi.eval(), 2)
@@ -351,7 +352,8 @@ def basin(data_root: Path, model_path: Path, objects=(1, 2), n: int = 24, steps:
     rec = load_recipe(None, [f"data.objects={list(objects)}", "selfsup.render.max_faces=1000"])
     obj = build_objects(rec.data)
     items = items_from_split(data_root / "diag", list(objects))[:n]
-    b = TargetCrops(data_root / "diag", items, obj, 64).batch(range(len(items)), jitter=False)
+    b = TargetCrops(data_root / "diag", items, obj, 64, padding=rec.data.crop_padding).batch(
+        range(len(items)), jitter=False)
     N, K = len(items), b["K"]
     render, feats = build_renderer(obj, rec.selfsup.render, torch.device("cpu")), PhiEarlyFeatures(model, 2)
     kp3 = obj.keypoints[b["object_index"]]
