@@ -17,8 +17,16 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from pose6d_ros._checks import reading
+from pose6d_ros._io import atomic_torch_save, safe_torch_load
+from pose6d_ros.data.augment import color_augment
 from pose6d_ros.data.crops import DEFAULT_CROP_PADDING
+from pose6d_ros.data.suites import load_suite_registry
+from pose6d_ros.data.synthetic import SyntheticConfig, SyntheticCrops
+from pose6d_ros.models import ModelCard, PoseNet, load_model, save_model
 from pose6d_ros.registry import ObjectRegistry, RunObjects
+from pose6d_ros.training import distributed as du
+from pose6d_ros.training.checkpoint import unwrap
 from pose6d_ros.training.config import DataSection, InitSection, ModelSection, OptimSection
 from pose6d_ros.training.trainer import StepSampler
 
@@ -30,16 +38,12 @@ log = logging.getLogger("pose6d_ros.training")
 def build_objects(data: DataSection) -> RunObjects:
     """The registry (``data.registry``, else the suite's) and the run's objects (``data.objects``, else
     all of the registry's), in model-row order."""
-    from pose6d_ros._checks import reading
-
     reg_path = data.registry
     if reg_path:
         p = Path(reg_path)
         with reading(p, "data.registry"):
             registry = ObjectRegistry.from_bop_models_info(p) if p.suffix == ".json" else ObjectRegistry.from_yaml(p)
     else:
-        from pose6d_ros.data.suites import load_suite_registry
-
         registry = load_suite_registry(data.suite)
     ids = data.objects or registry.ids
     return RunObjects(registry, [int(i) for i in ids])
@@ -49,10 +53,6 @@ def build_model(model_cfg: ModelSection, init: InitSection, crop_size: int, obje
                 device: torch.device) -> torch.nn.Module:
     """Φ from ``init.checkpoint`` (a ``save_model`` file) or from the ``model`` section; its crop size
     must be ``crop_size`` (``data.crop_size``)."""
-    from pose6d_ros.models import PoseNet, load_model
-
-    from pose6d_ros._checks import reading
-
     ckpt = init.checkpoint
     if ckpt:
         with reading(ckpt, "init.checkpoint"):
@@ -98,8 +98,6 @@ class SyntheticSource:
 
     def __init__(self, data: DataSection, objects: RunObjects, batch_size: int, sampler_seed: int, *,
                  pool_seed: int, color_aug: bool = True, cache: Optional[bool] = None) -> None:
-        from pose6d_ros.data.synthetic import SyntheticConfig, SyntheticCrops
-
         n = data.synthetic_per_object * len(objects.ids)
         S = data.crop_size
         seed = pool_seed
@@ -130,8 +128,6 @@ class SyntheticSource:
 
     def _load_pool(self, n: int) -> None:
         """The rendered pool from ``cache_file``; a corrupt or foreign file is only a cache: warn, re-render."""
-        from pose6d_ros._io import safe_torch_load
-
         try:
             st = safe_torch_load(self.cache_file, "synthetic pool cache")
             pool = [st[k] for k in ("img", "kp", "K", "obj", "have")]
@@ -166,9 +162,6 @@ class SyntheticSource:
                 "K": self._K[ix]}
 
     def _save_pool(self) -> None:
-        from pose6d_ros._io import atomic_torch_save
-        from pose6d_ros.training import distributed as du
-
         if not du.is_main():
             return
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -177,8 +170,6 @@ class SyntheticSource:
         log.info("synthetic pool saved to %s", self.cache_file)
 
     def __call__(self, step: int, rank: int = 0, world: int = 1) -> Dict[str, torch.Tensor]:
-        from pose6d_ros.data.augment import color_augment
-
         b = self._fetch(self.sampler.indices(step, rank, world))
         if self.color_aug:  # the trainer seeds torch's global RNG per step, so this replays on resume
             b["image"] = color_augment(b["image"])
@@ -189,9 +180,6 @@ def save_run_model(path: str | Path, model: torch.nn.Module, objects: RunObjects
                    extra: Dict[str, Any], training: Optional[Dict[str, Any]] = None) -> Path:
     """``save_model`` with the model card of the run's objects and crop padding (``data.crop_padding``);
     ``training`` is the card's record of how the network was trained (trainer kind, recipe, teachers)."""
-    from pose6d_ros.models import ModelCard, save_model
-    from pose6d_ros.training.checkpoint import unwrap
-
     m = unwrap(model)
     card = ModelCard.create(object_ids=objects.ids, object_names=[objects.registry.get(i).name for i in objects.ids],
                             keypoints=objects.keypoints.double(), crop_size=m.crop_size,

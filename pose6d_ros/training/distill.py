@@ -55,6 +55,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from pose6d_ros.models import load_model
 from pose6d_ros.training import distributed as du
 from pose6d_ros.registry import RunObjects
 from pose6d_ros.training.build import SyntheticSource, build_optimizer
@@ -134,8 +135,6 @@ class TeacherBank:
              hint: bool, crop_padding: Optional[float] = None) -> "TeacherBank":
         """Load and check the teachers of ``distill.teachers`` against the run's objects and the student
         (and, when given, the student's crop padding: a teacher sees the student's crops)."""
-        from pose6d_ros.models import load_model
-
         teachers, records = [], []
         for oid, path in teacher_paths(spec, objects).items():
             name = objects.registry.get(oid).name

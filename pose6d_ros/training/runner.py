@@ -15,7 +15,8 @@ import yaml
 from pose6d_ros._checks import run_cli
 from pose6d_ros._io import atomic_write_json, atomic_write_text
 from pose6d_ros.data.target_crops import TargetCrops, first_per_object, items_from_detections, items_from_split
-from pose6d_ros.evaluation.evaluate import diagnostic_eval
+from pose6d_ros.evaluation.evaluate import diagnostic_eval, predict_split, score_predictions, write_outputs
+from pose6d_ros.evaluation.tables import format_markdown
 from pose6d_ros.registry import RunObjects
 from pose6d_ros.training import distributed as du
 from pose6d_ros.training.build import build_model, build_objects, build_optimizer, save_run_model
@@ -151,9 +152,6 @@ class Run:
                                   "steps": trainer.step, "skipped_steps": trainer.skipped_steps,
                                   "diag": trainer.state.get("eval", [])}
         if self.recipe.eval.final_test and self.test_split is not None and self.test_split.is_dir():
-            from pose6d_ros.evaluation.evaluate import predict_split, score_predictions, write_outputs
-            from pose6d_ros.evaluation.tables import format_markdown
-
             items = items_from_split(self.test_split, self.objects.ids)
             limit = self.recipe.eval.test_limit
             if limit:  # per object: a global cap would keep only the first objects of the split
