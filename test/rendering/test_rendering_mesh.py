@@ -102,3 +102,22 @@ def test_closed_sign_tells_closed_outward_inward_and_open_meshes():
     mb = pack_meshes(meshes)
     assert mb.closed_sign.tolist() == [1.0, -1.0, 0.0]
     assert torch.allclose(mb.bounds[0], torch.tensor([[-0.01, -0.02, -0.03], [0.01, 0.02, 0.03]]))
+
+
+def test_pack_objects_follows_the_given_order_in_metres():
+    """Registry objects -> renderer batch: mesh ``i`` is ``objects[i]`` (not registry order), in metres
+    (its extent is the one of the raw file's vertices scaled by the registry), decimated above max_faces."""
+    from pathlib import Path
+
+    from pose6d_ros.registry import ObjectRegistry
+    from pose6d_ros.rendering.mesh import pack_objects
+
+    reg = ObjectRegistry.from_yaml(Path(__file__).resolve().parents[2] / "config" / "objects_lm_lite.yaml")
+    objs = [reg.get(2), reg.get(1)]
+    batch = pack_objects(objs)
+    assert batch.names == (objs[0].name, objs[1].name)
+    for i, o in enumerate(objs):
+        v = o.model_vertices()
+        np.testing.assert_allclose(batch.bounds[i].numpy(), np.stack([v.min(0), v.max(0)]), atol=1e-6)
+    small = pack_objects(objs, max_faces=300)
+    assert (small.num_faces <= 300).all() and (batch.num_faces > 300).all()
