@@ -18,13 +18,14 @@ py="$venv/bin/python"
 [ -f "$src" ] || { echo "pytorch3d: source tarball not found: $src (set PYTORCH3D_SRC=/path/to/pytorch3d-<version>-src.tar.gz)" >&2; exit 2; }
 
 # The cache key: pytorch3d version (read from the tarball), torch version (the C++ extension is tied to its ABI),
-# Python tag and flavour (cpu or cuda).
+# Python tag, flavour (cpu or cuda) and this script's recipe number (raise it when the build flags change).
 version=$(tar xzf "$src" -O pytorch3d/pytorch3d/__init__.py | sed -n 's/^__version__ = "\(.*\)"$/\1/p')
 [ -n "$version" ] || { echo "pytorch3d: no __version__ in pytorch3d/pytorch3d/__init__.py of $src" >&2; exit 2; }
 read -r torch_version pytag < <("$py" -c 'import sys, torch; print(torch.__version__, "cp%d%d" % sys.version_info[:2])')
 flavour=cpu; [ "${FORCE_CUDA:-0}" = 1 ] && flavour=cuda
 cache=${PYTORCH3D_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pose6d_ros/wheels}
-key="pytorch3d-$version-torch-${torch_version//+/_}-$pytag-$flavour"
+recipe=2
+key="pytorch3d-$version-torch-${torch_version//+/_}-$pytag-$flavour-r$recipe"
 keydir="$cache/$key"
 stamp="$venv/.pytorch3d-stamp"
 
@@ -62,9 +63,11 @@ open(path, "w").write(text)
 PATCH
   start=$(date +%s)
   if [ "$flavour" = cpu ]; then export FORCE_CUDA=0 PYTORCH3D_FORCE_NO_CUDA=1; fi
-  # -g0: Python's own CFLAGS ask for debug info, which makes the build slower and the library several times
-  # larger; setuptools appends $CFLAGS after them, so this wins.
-  if ! CFLAGS="${CFLAGS:+$CFLAGS }-g0" MAX_JOBS=${MAX_JOBS:-2} "$py" -m pip wheel --no-build-isolation --no-deps -w "$work/dist" \
+  # Python's own CFLAGS (-O3 -DNDEBUG ...) plus -g0: they ask for debug info too, which makes the build slower
+  # and the library ~10x larger. $CFLAGS replaces them in setuptools >= 72, so they are all spelled out here
+  # (without -O3 the CPU rasterizer is ~40x slower).
+  pycflags=$("$py" -c 'import sysconfig; print(sysconfig.get_config_var("CFLAGS") or "")')
+  if ! CFLAGS="$pycflags ${CFLAGS:+$CFLAGS }-g0" MAX_JOBS=${MAX_JOBS:-2} "$py" -m pip wheel --no-build-isolation --no-deps -w "$work/dist" \
       "$work/pytorch3d" >"$log" 2>&1; then
     echo "pytorch3d: build failed; last lines of $log:" >&2; tail -n 30 "$log" >&2; exit 1
   fi

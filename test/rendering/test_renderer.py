@@ -244,17 +244,6 @@ def test_bad_inputs_are_named():
         render(mb, torch.tensor([3]), R, t, K, (8, 8))
 
 
-def test_pytorch3d_backend_skips_cleanly():
-    pytest.importorskip("pytorch3d", reason="pytorch3d is not installed (optional backend)")
-    mb = pack_meshes([_tiny_mesh()])
-    K = torch.tensor([[230.0, 0, 13.6], [0, 240.0, 11.3], [0, 0, 1]])[None]
-    o = render(mb, torch.zeros(1, dtype=torch.long), torch.eye(3)[None], torch.tensor([[0, 0, 0.5]]), K, (24, 28),
-               RenderSettings(backend="pytorch3d", hard=True))
-    ref = render(mb, torch.zeros(1, dtype=torch.long), torch.eye(3)[None], torch.tensor([[0, 0, 0.5]]), K, (24, 28),
-                 RenderSettings(hard=True))
-    assert (o.silhouette > 0.5).eq(ref.silhouette > 0.5).float().mean() > 0.98
-
-
 def test_camera_inside_a_closed_mesh_sees_its_walls():
     # Back faces of closed meshes are skipped only when the camera is outside: from the centre of a
     # 1 m cube every ray meets the wall at z = 0.5 (|x/z|, |y/z| <= 0.16 here), a back face.
