@@ -48,7 +48,8 @@ def model_path(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     net = PoseNet.from_config({"backbone": "mobilenet_v3_small", "num_objects": len(IDS), "crop_size": 64})
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    return save_run_model(path, net, RunObjects(ObjectRegistry.from_yaml(OBJECTS), list(IDS)), {"kind": "test"})
+    return save_run_model(path, net, RunObjects(ObjectRegistry.from_yaml(OBJECTS), list(IDS)), crop_padding=1.3,
+                          extra={"kind": "test"})
 
 
 def _args(model_path, split, *extra):
