@@ -39,7 +39,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 from pose6d_ros.geometry.camera import CameraModel  # noqa: E402
 from pose6d_ros.models import DEFAULT_CONFIG, ModelCard, PoseNet, save_model  # noqa: E402
 from pose6d_ros.registry import ObjectRegistry  # noqa: E402
-from pose6d_ros.runtime import Estimator, OnnxPredictor, TorchPredictor, export_onnx, quantize_onnx  # noqa: E402
+from pose6d_ros.runtime import (Detection, Estimator, OnnxPredictor, TorchPredictor, export_onnx,  # noqa: E402
+                                quantize_onnx)
 
 
 class TimedPredictor:
@@ -73,7 +74,7 @@ def frame(n_det: int, registry: ObjectRegistry, rng: np.random.Generator):
     for i in range(n_det):
         w, h = rng.uniform(60, 150, 2)
         x0, y0 = rng.uniform(0, 640 - w), rng.uniform(0, 480 - h)
-        dets.append((names[i % len(names)], (x0, y0, x0 + w, y0 + h), 0.9))
+        dets.append(Detection(class_id=names[i % len(names)], box=(x0, y0, x0 + w, y0 + h), score=0.9))
     return image, dets
 
 
@@ -171,7 +172,7 @@ def accuracy(args) -> None:
         R_gt, t_gt = torch.as_tensor(it.R)[None], torch.as_tensor(it.t)[None]
         gt_kps.append(project_points(kp3[row[it.obj_id]][None], R_gt, t_gt, torch.as_tensor(K)[None])[0].numpy())
         for name, est in estimators.items():
-            (pose,) = est.estimate(image, camera, [(it.obj_id, box, 1.0)])
+            (pose,) = est.estimate(image, camera, [Detection(class_id=it.obj_id, box=box, score=1.0)])
             kps[name].append(pose.keypoints if pose.keypoints is not None else np.full((len(kp3[0]), 2), np.nan))
             preds[name].append(InstancePrediction(
                 scene_id=it.scene_id, im_id=it.im_id, obj_id=it.obj_id,

@@ -116,7 +116,7 @@ def _round(k: int, frames, period_ns: int, registry, rng: np.random.Generator) -
 
     rgb, boxes = frames[k % len(frames)]
     header = header_at(k, period_ns)
-    dets = [conv.Detection(name, float(rng.uniform(0.5, 1.0)), box) for name, box in boxes]
+    dets = [conv.Detection(class_id=name, box=box, score=float(rng.uniform(0.5, 1.0))) for name, box in boxes]
     return Round(camera_info_msg(header), conv.rgb_to_image(rgb, header, "bgr8"),
                  conv.detection2d_array_msg(header_at(k, period_ns), dets))
 

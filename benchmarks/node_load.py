@@ -109,7 +109,7 @@ def main(argv=None) -> int:
             rgb, boxes = frames[k % len(frames)]
             header = header_at(k, int(period * 1e9))
             cam = camera_info_msg(header)
-            dets = [conv.Detection(name, 0.9, box) for name, box in boxes]
+            dets = [conv.Detection(class_id=name, box=box, score=0.9) for name, box in boxes]
             image = conv.rgb_to_image(rgb, header, "bgr8")
             with lock:
                 sent[(header.stamp.sec, header.stamp.nanosec)] = time.monotonic()

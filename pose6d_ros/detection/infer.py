@@ -1,7 +1,7 @@
 """Running the detector: ``Detector.detect(rgb)`` and box recall on a BOP split.
 
 Boxes are ``(x0, y0, x1, y1)`` in continuous pixel coordinates (docs/conventions.md: pixel ``j``
-spans ``[j - 0.5, j + 0.5]``), the convention of ``ros.conversions.Detection``. A BOP box
+spans ``[j - 0.5, j + 0.5]``), the convention of ``runtime.detection.Detection``. A BOP box
 ``(x, y, w, h)`` (integer pixels) is ``(x - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5)``.
 """
 
@@ -20,18 +20,9 @@ from pose6d_ros._checks import check_shape
 from pose6d_ros.data.bop import BopDataset
 from pose6d_ros.detection.model import TV_OFFSET, DetectorSpec, load_detector
 from pose6d_ros.registry import ObjectRegistry
+from pose6d_ros.runtime.detection import Detection
 
-__all__ = ["BoxDetection", "Detector", "RecallReport", "evaluate_recall", "bop_box_to_edges", "box_iou"]
-
-
-@dataclass(frozen=True)
-class BoxDetection:
-    """One detection: ``class_id`` is the object's registry name (what the node publishes)."""
-
-    class_id: str
-    obj_id: int
-    score: float
-    box: tuple  # (x0, y0, x1, y1), continuous pixel coordinates
+__all__ = ["Detector", "RecallReport", "evaluate_recall", "bop_box_to_edges", "box_iou"]
 
 
 class Detector:
@@ -64,14 +55,16 @@ class Detector:
         return tuple(self.spec.object_names)
 
     @torch.no_grad()
-    def detect_batch(self, images: torch.Tensor) -> List[List[BoxDetection]]:
+    def detect_batch(self, images: torch.Tensor) -> List[List[Detection]]:
         """Detect in a batch of images.
 
         Args:
             images: ``(B, 3, H, W)`` RGB in [0, 1].
 
         Returns:
-            per image, detections sorted by decreasing score (at most 100, score >= ``min_score``).
+            per image, detections sorted by decreasing score (at most 100, score >= ``min_score``):
+            ``class_id`` is the object's registry name, ``detection_id`` ``"<name>_<k>"`` with ``k`` the
+            rank in the image.
         """
         check_shape(images, ("B", 3, "H", "W"), "images")
         outs = self.model(list(images.to(self.device, torch.float32)))
@@ -81,11 +74,12 @@ class Detector:
             boxes = (o["boxes"][keep] - TV_OFFSET).cpu().tolist()
             labels = o["labels"][keep].cpu().tolist()
             scores = o["scores"][keep].cpu().tolist()
-            result.append([BoxDetection(self.spec.object_names[lab - 1], int(self.spec.object_ids[lab - 1]),
-                                        float(s), tuple(b)) for b, lab, s in zip(boxes, labels, scores)])
+            names = [self.spec.object_names[lab - 1] for lab in labels]
+            result.append([Detection(class_id=name, box=tuple(b), score=float(s), detection_id=f"{name}_{k}")
+                           for k, (name, b, s) in enumerate(zip(names, boxes, scores))])
         return result
 
-    def detect(self, rgb: np.ndarray) -> List[BoxDetection]:
+    def detect(self, rgb: np.ndarray) -> List[Detection]:
         """Detect in one ``(H, W, 3)`` uint8 RGB image."""
         if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8:
             raise TypeError(f"rgb: expected a uint8 numpy array, got {type(rgb).__name__} "
@@ -161,6 +155,7 @@ def evaluate_recall(detector: Detector, bop_split_dir: str | os.PathLike, regist
     if not ds.labelled:
         raise ValueError(f"{split}: split has no scene_gt.json (unlabelled); recall needs GT boxes")
     known = set(detector.spec.object_ids)
+    name_of = dict(zip(detector.spec.object_ids, detector.spec.object_names))  # detections carry the name
     by_image: Dict[tuple, list] = {}
     for inst in ds.instances:
         if inst.obj_id in known:
@@ -195,7 +190,7 @@ def evaluate_recall(detector: Detector, bop_split_dir: str | os.PathLike, regist
                         for t in thr:
                             for sub in subsets:
                                 hits[(sub, g, "agnostic", t)] += best >= t
-                mine = [d for d in dets if d.obj_id == inst.obj_id]
+                mine = [d for d in dets if d.class_id == name_of[inst.obj_id]]
                 if not mine:
                     continue
                 boxes = torch.tensor([d.box for d in mine], dtype=torch.float64)

@@ -17,6 +17,7 @@ import numpy as np
 
 from pose6d_ros.data.images import ImageDecodeError, compressed_to_rgb, raw_to_rgb
 from pose6d_ros.geometry.camera import CameraModel
+from pose6d_ros.runtime.detection import Detection
 
 try:  # a ROS distribution's package; absent from PyPI (and so from CI)
     from cv_bridge import CvBridge
@@ -33,16 +34,6 @@ _BRIDGE = CvBridge() if CvBridge is not None else None
 
 class MessageError(ValueError):
     """A message that cannot be converted; the text names the offending field."""
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One 2D detection in core form: `box` is (x0, y0, x1, y1) in continuous pixel coordinates."""
-
-    class_id: str
-    score: float
-    box: Tuple[float, float, float, float]
-    detection_id: str = ""
 
 
 def stamp_key(stamp) -> Tuple[int, int]:
@@ -124,7 +115,8 @@ def camera_info_to_model(msg) -> CameraModel:
 
 
 def detection_from_msg(det, index: int = 0) -> Detection:
-    """One `vision_msgs/Detection2D` (entry ``index`` of its array) -> `Detection` (best hypothesis).
+    """One `vision_msgs/Detection2D` (entry ``index`` of its array) -> `runtime.detection.Detection`
+    (best hypothesis; ``class_id`` a string, ``box`` from the centre and size).
 
     No hypothesis, a non-finite box or score, or a non-positive size raises `MessageError` naming
     `detections[index]`; callers drop only that detection.
@@ -140,7 +132,7 @@ def detection_from_msg(det, index: int = 0) -> Detection:
     if sx <= 0 or sy <= 0:
         raise MessageError(f"detections[{index}].bbox.size: must be positive, got {sx}x{sy}")
     box = (cx - sx / 2, cy - sy / 2, cx + sx / 2, cy + sy / 2)
-    return Detection(str(best.hypothesis.class_id), score, box, str(det.id))
+    return Detection(class_id=str(best.hypothesis.class_id), box=box, score=score, detection_id=str(det.id))
 
 
 def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
@@ -232,7 +224,8 @@ def tf_message(header, frames: Iterable[Tuple[str, np.ndarray, np.ndarray]]):
 
 
 def detection2d_array_msg(header, detections: Iterable[Detection]):
-    """Core detections -> `vision_msgs/Detection2DArray` (used by the detector node)."""
+    """`runtime.detection.Detection` records -> `vision_msgs/Detection2DArray` (used by the detector node);
+    ``class_id`` is written as a string."""
     from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
     msg = Detection2DArray()
@@ -244,7 +237,7 @@ def detection2d_array_msg(header, detections: Iterable[Detection]):
         det.bbox.center.position.x, det.bbox.center.position.y = (x0 + x1) / 2, (y0 + y1) / 2
         det.bbox.size_x, det.bbox.size_y = x1 - x0, y1 - y0
         hyp = ObjectHypothesisWithPose()
-        hyp.hypothesis.class_id, hyp.hypothesis.score = d.class_id, float(d.score)
+        hyp.hypothesis.class_id, hyp.hypothesis.score = str(d.class_id), float(d.score)
         det.results.append(hyp)
         det.id = d.detection_id
         msg.detections.append(det)

@@ -9,8 +9,6 @@ start-up with a clear error and a non-zero exit.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
-from typing import Any, Dict
 
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -23,44 +21,14 @@ from pose6d_ros.registry import ObjectRegistry, RegistryError
 from pose6d_ros.ros import conversions as conv
 from pose6d_ros.ros.spin import spin_node
 from pose6d_ros.ros.diagnostics import FLUSH_PERIOD_S, ThrottledWarnings
-from pose6d_ros.ros.params import ParameterError, ParamSpec, declare_parameters, validate_schema
-
-DETECTOR_PARAMS: Dict[str, ParamSpec] = {
-    "model": ParamSpec("", "Path to the detector checkpoint (.pt) written by train_detector"),
-    "objects": ParamSpec("", "Path to the object registry YAML the detector was trained on"),
-    "device": ParamSpec("cpu", "Inference device", choices=("cpu", "cuda")),
-    "image_topic": ParamSpec("/camera/image_raw", "sensor_msgs/Image input"),
-    "detections_topic": ParamSpec("/detections", "vision_msgs/Detection2DArray output"),
-    "min_score": ParamSpec(0.5, "Detections scoring below this are not published", range=(0.0, 1.0)),
-    "qos_depth": ParamSpec(5, "History depth of the subscription and the publisher", range=(1, 1000)),
-    "qos_reliability": ParamSpec("reliable", "Subscription reliability", choices=("reliable", "best_effort")),
-    "warn_throttle_s": ParamSpec(4.0, "Minimum seconds between two lines of the same warning kind; occurrences in "
-                                 "between are reported when it has passed", range=(0.0, 3600.0)),
-}
-
-
-@dataclass(frozen=True)
-class DetectorParams:
-    model: str
-    objects: str
-    device: str
-    image_topic: str
-    detections_topic: str
-    min_score: float
-    qos_depth: int
-    qos_reliability: str
-    warn_throttle_s: float
-
-
-def validate_detector_params(values: Dict[str, Any]) -> DetectorParams:
-    """Check every value against :data:`DETECTOR_PARAMS`; ``ParameterError`` names the parameter."""
-    return validate_schema(DETECTOR_PARAMS, values, DetectorParams)
+from pose6d_ros.ros.params import DetectorParams, ParameterError, declare_parameters, validate_detector_params
 
 
 class DetectorNode(Node):
     def __init__(self, **kwargs):
         super().__init__("pose6d_detector", **kwargs)
-        p = self.params = validate_detector_params(declare_parameters(self, DETECTOR_PARAMS))
+        self.params: DetectorParams = validate_detector_params(declare_parameters(self, DetectorParams))
+        p = self.params
         self.registry = ObjectRegistry.from_yaml(p.objects)
         self.detector = Detector.from_file(p.model, p.device, min_score=p.min_score,
                                            expect_names=self.registry.names)
@@ -84,8 +52,7 @@ class DetectorNode(Node):
         except Exception as e:  # noqa: BLE001 - the node must survive any input
             self.warnings.warn("internal_error", f"{type(e).__name__}: {e}; image skipped")
             return
-        dets = [conv.Detection(d.class_id, d.score, d.box, f"{d.class_id}_{k}") for k, d in enumerate(found)]
-        self.pub.publish(conv.detection2d_array_msg(msg.header, dets))
+        self.pub.publish(conv.detection2d_array_msg(msg.header, found))
         self.frames_processed += 1
 
 

@@ -34,9 +34,10 @@ from pose6d_ros.ros import conversions as conv
 from pose6d_ros.ros.diagnostics import (FLUSH_PERIOD_S, INPUTS, NODE_DETECTION_REASONS, Counters, ThrottledWarnings,
                                         build_report, report_snapshot, to_message)
 from pose6d_ros.ros.pairing import CameraSync, FramePairer, Pair, stamp_ns
-from pose6d_ros.ros.params import ESTIMATOR_PARAMS, EstimatorParams, ParameterError, declare_parameters, validate
+from pose6d_ros.ros.params import EstimatorParams, ParameterError, declare_parameters, validate
 from pose6d_ros.ros.spin import one_line, spin_node
 from pose6d_ros.runtime.backends import check_cuda, resolve_backend, set_thread_counts
+from pose6d_ros.runtime.detection import Detection
 from pose6d_ros.runtime.estimator import SKIP_REASONS, Estimator
 from pose6d_ros.runtime.visualize import draw_boxes
 
@@ -47,7 +48,7 @@ _DETECTION_BYTES = 256
 class EstimatorNode(Node):
     def __init__(self, **kwargs):
         super().__init__("pose6d_estimator", **kwargs)
-        self.params: EstimatorParams = validate(declare_parameters(self, ESTIMATOR_PARAMS))
+        self.params: EstimatorParams = validate(declare_parameters(self, EstimatorParams))
         p = self.params
         try:
             self.registry = ObjectRegistry.from_yaml(p.objects)
@@ -223,7 +224,7 @@ class EstimatorNode(Node):
         if compressed and not self._size_matches(rgb.shape[1], rgb.shape[0], camera):
             return "camera_info_mismatch"
         detections = self._detections(det_msg)
-        estimates = self.estimator.estimate(rgb, camera, [(d.class_id, d.box, d.score) for d in detections])
+        estimates = self.estimator.estimate(rgb, camera, detections)
         skipped = Counter(est.reason for est in estimates if not est.ok)
         self.counters.detections_skipped.update(skipped)
         for est in estimates:
@@ -266,7 +267,7 @@ class EstimatorNode(Node):
                                                    f"{camera.width}x{camera.height}; frame skipped")
         return False
 
-    def _detections(self, det_msg: Detection2DArray) -> List[conv.Detection]:
+    def _detections(self, det_msg: Detection2DArray) -> List[Detection]:
         """The array's detections in core form: at most ``max_detections`` (the highest scores, in
         their order in the array); malformed ones are skipped and counted."""
         entries = det_msg.detections
@@ -284,7 +285,7 @@ class EstimatorNode(Node):
             indexed = [(int(i), entries[int(i)]) for i in keep]
         else:
             indexed = list(enumerate(entries))
-        detections: List[conv.Detection] = []
+        detections: List[Detection] = []
         for i, det in indexed:
             try:
                 detections.append(conv.detection_from_msg(det, i))

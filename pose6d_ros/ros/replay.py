@@ -103,7 +103,8 @@ def replay(model: str, objects: str, split: str, frames: int = 8, timeout: float
                 x, y, w, h = gi.bbox_visib
                 if w <= 0 or h <= 0 or gi.visib_fract < 0.3:
                     continue
-                dets.append(conv.Detection(registry.get(gt.obj_id).name, 1.0, (x - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5)))
+                dets.append(conv.Detection(class_id=registry.get(gt.obj_id).name, score=1.0,
+                                           box=(x - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5)))
                 gt_of.append(gt)
             pub_info.publish(info)
             time.sleep(0.05)

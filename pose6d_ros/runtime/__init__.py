@@ -9,7 +9,8 @@ from pose6d_ros.runtime.backends import (
     make_predictor,
     select_providers,
 )
-from pose6d_ros.runtime.estimator import SKIP_REASONS, Detection, Estimator, PoseEstimate
+from pose6d_ros.runtime.detection import Detection
+from pose6d_ros.runtime.estimator import SKIP_REASONS, Estimator, PoseEstimate
 from pose6d_ros.runtime.onnx_card import read_onnx_card
 from pose6d_ros.runtime.onnx_export import export_onnx, quantize_onnx
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -22,10 +22,11 @@ from pose6d_ros.geometry.camera import CameraModel, crop_intrinsics, undistort_p
 from pose6d_ros.geometry.pnp import DEFAULT_ITERATIONS, solve_pnp
 from pose6d_ros.registry import ObjectRegistry
 from pose6d_ros.runtime.backends import KeypointPredictor, make_predictor
+from pose6d_ros.runtime.detection import Detection
 
 #: Values of :attr:`PoseEstimate.reason` (``""`` when ``ok``).
 SKIP_REASONS = {
-    "malformed": "the detection is not (class_id, (x0, y0, x1, y1), score)",
+    "malformed": "not a Detection, or its box is not 4 numbers or its score not a number",
     "non_finite": "box or score is NaN or infinite",
     "unknown_class": "the class id is not in the object registry",
     "not_in_model": "the object is in the registry but the model was not trained on it",
@@ -37,21 +38,6 @@ SKIP_REASONS = {
     "pnp_failed": "PnP failed (degenerate keypoints, object behind the camera, ...)",
     "depth_out_of_range": "the estimated depth t_z is outside depth_range",
 }
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One 2D detection.
-
-    Attributes:
-        class_id: the detector's class: an object name or id (``ObjectRegistry.resolve``).
-        box: ``(x0, y0, x1, y1)`` in continuous image coordinates (edges; ``docs/conventions.md``).
-        score: detector confidence.
-    """
-
-    class_id: Union[str, int]
-    box: Tuple[float, float, float, float]
-    score: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -87,9 +73,6 @@ class PoseEstimate:
     reprojection_error: Optional[float] = None
 
 
-DetectionLike = Union[Detection, Tuple[Any, Sequence[float], float], Mapping[str, Any]]
-
-
 class Estimator:
     """Image + camera + detections -> one :class:`PoseEstimate` per detection.
 
@@ -111,7 +94,8 @@ class Estimator:
 
     Example:
         >>> est = Estimator("model.onnx", ObjectRegistry.from_yaml("config/objects.yaml"))  # doctest: +SKIP
-        >>> poses = est.estimate(image, camera, [Detection("duck", (100, 80, 180, 150), 0.9)])  # doctest: +SKIP
+        >>> poses = est.estimate(image, camera,
+        ...                      [Detection(class_id="duck", box=(100, 80, 180, 150), score=0.9)])  # doctest: +SKIP
     """
 
     def __init__(
@@ -154,15 +138,15 @@ class Estimator:
 
     # ------------------------------------------------------------------ public
     def estimate(self, image: Union[np.ndarray, torch.Tensor], camera: CameraModel,
-                 detections: Sequence[DetectionLike]) -> list[PoseEstimate]:
+                 detections: Sequence[Detection]) -> list[PoseEstimate]:
         """Poses of the detected objects in one frame.
 
         Args:
             image: ``(H, W, 3)`` uint8 RGB (NumPy or torch), or a ``(3, H, W)`` float tensor in
                 ``[0, 1]``; ``H, W`` must match ``camera``.
             camera: intrinsics and distortion of the image.
-            detections: :class:`Detection` s, ``(class_id, box, score)`` tuples or mappings with
-                those keys.
+            detections: :class:`~pose6d_ros.runtime.detection.Detection` records; anything else,
+                or a box that is not 4 numbers, comes back with reason ``"malformed"``.
 
         Returns:
             One :class:`PoseEstimate` per detection, same order.
@@ -346,20 +330,17 @@ def _crop_to_image(normalised: torch.Tensor, windows: torch.Tensor) -> torch.Ten
     return torch.addcmul(origin, normalised + 1.0, half)
 
 
-def _parse_detection(d: DetectionLike) -> Optional[Tuple[Union[str, int], Tuple[float, ...], float]]:
-    """``(class_id, box, score)`` with a 4-float box, or ``None`` if it cannot be read."""
+def _parse_detection(d: Detection) -> Optional[Tuple[Union[str, int], Tuple[float, ...], float]]:
+    """``(class_id, box, score)`` with a 4-float box, or ``None`` if ``d`` is not a readable :class:`Detection`."""
+    if not isinstance(d, Detection):
+        return None
+    class_id, box, score = d.class_id, d.box, d.score
     try:
-        if isinstance(d, Detection):
-            class_id, box, score = d.class_id, d.box, d.score
-        elif isinstance(d, Mapping):
-            class_id, box, score = d["class_id"], d["box"], d.get("score", 1.0)
-        else:
-            class_id, box, score = d
         box = tuple(float(v) for v in np.asarray(box, dtype=np.float64).reshape(-1))
         if len(box) != 4:
             return None
         if isinstance(class_id, (np.integer,)):
             class_id = int(class_id)
         return class_id, box, float(score)
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError):
         return None

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pose6d_ros.detection.infer import BoxDetection, Detector, box_iou, bop_box_to_edges, evaluate_recall
+from pose6d_ros.detection.infer import Detector, box_iou, bop_box_to_edges, evaluate_recall
 from pose6d_ros.detection.model import DetectorSpec
+from pose6d_ros.runtime.detection import Detection
 
 
 def test_box_iou_matches_torchvision():
@@ -66,11 +67,11 @@ def test_recall_bookkeeping(split, registry):
     e = bop_box_to_edges
     shifted = tuple(np.add(e((10, 20, 40, 30)), [10, 0, 10, 0]))  # IoU = 30*30 / (2*1200 - 900) = 0.6
     dets = [
-        [BoxDetection("a", 1, 0.9, e((50, 0, 10, 10))),  # best-scoring box of object 1 misses
-         BoxDetection("a", 1, 0.8, shifted),
-         BoxDetection("b", 2, 0.7, e((0, 0, 20, 20))),  # exact visible box; IoU 0.5 with bbox_obj
-         BoxDetection("c", 3, 0.9, e((5, 5, 10, 10)))],  # object 3 is 5% visible: not counted
-        [BoxDetection("a", 1, 0.2, e((30, 10, 20, 20)))],  # exact but below min_score
+        [Detection(class_id="a", box=e((50, 0, 10, 10)), score=0.9),  # best-scoring box of object 1 misses
+         Detection(class_id="a", box=shifted, score=0.8),
+         Detection(class_id="b", box=e((0, 0, 20, 20)), score=0.7),  # exact visible box; IoU 0.5 with bbox_obj
+         Detection(class_id="c", box=e((5, 5, 10, 10)), score=0.9)],  # object 3 is 5% visible: not counted
+        [Detection(class_id="a", box=e((30, 10, 20, 20)), score=0.2)],  # exact but below min_score
     ]
     oracle = _Oracle(dets)
     rep = evaluate_recall(oracle, split, registry, min_score=0.3, min_visib_fract=0.1)
@@ -95,8 +96,8 @@ def test_recall_bookkeeping(split, registry):
 def test_detector_runs_on_uint8_images(tiny_checkpoint, registry):
     det = Detector.from_file(tiny_checkpoint, min_score=0.0, expect_names=registry.names)
     out = det.detect(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8))
-    for d in out:
-        assert d.class_id in registry.names and registry.get(d.class_id).id == d.obj_id
+    for k, d in enumerate(out):
+        assert isinstance(d, Detection) and d.class_id in registry.names and d.detection_id == f"{d.class_id}_{k}"
         x0, y0, x1, y1 = d.box
         assert -0.5 <= x0 <= x1 <= 119.5 and -0.5 <= y0 <= y1 <= 89.5 and 0 <= d.score <= 1
     with pytest.raises(ValueError, match="rgb"):

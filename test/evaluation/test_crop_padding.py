@@ -113,7 +113,7 @@ def _serve(model, registry) -> np.ndarray:
     x, y, w, h = BBOX
     est = Estimator(str(model), registry, backend="auto", device="cpu")
     (pose,) = est.estimate(np.zeros((480, 640, 3), np.uint8), CameraModel(K=K, width=640, height=480),
-                           [Detection("duck", (x - 0.5, y - 0.5, x + w + 0.5, y + h + 0.5), 0.9)])
+                           [Detection(class_id="duck", box=(x - 0.5, y - 0.5, x + w + 0.5, y + h + 0.5), score=0.9)])
     assert pose.ok, pose.reason
     return pose.t
 

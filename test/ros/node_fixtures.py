@@ -149,7 +149,8 @@ def frame_messages(frame: Frame, k: int, registry, det_stamp=None):
 
     header = Header(stamp=stamp(k), frame_id="camera_optical")
     det_header = Header(stamp=det_stamp if det_stamp is not None else stamp(k), frame_id="camera_optical")
-    dets = [conv.Detection(registry.get(oid).name, 0.9, box) for oid, box in zip(frame.obj_ids, frame.boxes)]
+    dets = [conv.Detection(class_id=registry.get(oid).name, box=box, score=0.9)
+            for oid, box in zip(frame.obj_ids, frame.boxes)]
     return conv.rgb_to_image(frame.rgb, header, "bgr8"), conv.detection2d_array_msg(det_header, dets), dets
 
 
@@ -238,7 +239,7 @@ class InProcessNode:
 
 def direct_estimate(registry, model, frame: Frame, detections, **overrides):
     """A direct ``Estimator`` call on ``frame`` with the node's default limits (``ESTIMATOR_PARAMS``),
-    the reference the node's output must equal. ``detections``: ``(class_id, box, score)`` tuples."""
+    the reference the node's output must equal. ``detections``: ``Detection`` records."""
     from pose6d_ros.geometry.camera import CameraModel
     from pose6d_ros.ros.params import ESTIMATOR_PARAMS
     from pose6d_ros.runtime.estimator import Estimator

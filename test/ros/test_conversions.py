@@ -164,7 +164,8 @@ def test_camera_info_conversion_and_rejection():
 def test_detection_round_trip_and_bad_detection():
     from std_msgs.msg import Header
 
-    dets = [conv.Detection("duck", 0.9, (10.0, 20.0, 50.0, 80.0), "a"), conv.Detection("3", 0.4, (0.0, 0.0, 4.0, 2.0))]
+    dets = [conv.Detection(class_id="duck", box=(10.0, 20.0, 50.0, 80.0), score=0.9, detection_id="a"),
+            conv.Detection(class_id="3", box=(0.0, 0.0, 4.0, 2.0), score=0.4)]
     msg = conv.detection2d_array_msg(Header(frame_id="cam"), dets)
     back = [conv.detection_from_msg(d, i) for i, d in enumerate(msg.detections)]
     assert back == dets

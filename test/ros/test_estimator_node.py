@@ -64,7 +64,7 @@ def test_node_matches_direct_estimator(setup, ros_context, spinner, collector, t
                 pub.publish(msg)
             cam = CameraModel(K=frame.K, width=frame.rgb.shape[1], height=frame.rgb.shape[0],
                               distortion_model="plumb_bob", D=np.zeros(5))
-            expected.append(direct.estimate(frame.rgb, cam, [(d.class_id, d.box, d.score) for d in dets]))
+            expected.append(direct.estimate(frame.rgb, cam, dets))
             poses.wait_for(k + 1, timeout=30)
         got = poses.wait_for(len(frames), timeout=30)
         assert len(got) == len(frames), node.log()

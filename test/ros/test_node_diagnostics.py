@@ -71,8 +71,7 @@ def test_approximate_sync_pairs_restamped_detections(node_setup, ros_context, sp
     assert sum(len(m.poses) for m in got) > 0, "no pose at all: the comparison would be empty"
     for k, frame in enumerate(frames[:4]):
         _, _, core = frame_messages(frame, k, registry)
-        expected = [e for e in direct_estimate(registry, model, frame, [(d.class_id, d.box, d.score) for d in core],
-                                               **POSE_PARAMS) if e.ok]
+        expected = [e for e in direct_estimate(registry, model, frame, core, **POSE_PARAMS) if e.ok]
         msg = by_stamp[(1000 + k, 17)]  # the image's stamp
         assert len(msg.poses) == len(expected)
         for p, e in zip(msg.poses, expected):
@@ -155,12 +154,12 @@ def test_max_detections_keeps_the_highest_scores(node_setup, ros_context, spinne
     names = [registry.get(oid).name for oid in frame.obj_ids]
     rng = np.random.default_rng(0)
     scores = rng.permutation(np.linspace(0.5, 0.95, 12))
-    dets = [conv.Detection(names[i % len(names)], float(s), frame.boxes[i % len(names)]) for i, s in enumerate(scores)]
+    dets = [conv.Detection(class_id=names[i % len(names)], box=frame.boxes[i % len(names)], score=float(s))
+            for i, s in enumerate(scores)]
     n.send_frame(frame, 0, dets)
     (msg,) = n.poses.wait_for(1, timeout=30)
     best = sorted(np.argsort(-scores)[:4])
-    direct = direct_estimate(registry, model, frame, [(dets[i].class_id, dets[i].box, dets[i].score) for i in best],
-                             **POSE_PARAMS)
+    direct = direct_estimate(registry, model, frame, [dets[i] for i in best], **POSE_PARAMS)
     expected = [e for e in direct if e.ok]
     assert expected, "no pose at all: the comparison would be empty"
     assert len(msg.poses) == len(expected)

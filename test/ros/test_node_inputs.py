@@ -51,11 +51,12 @@ def test_depth_range_and_min_box_reach_the_estimator(node_setup, ros_context, sp
     frame = frames[1]
     n = InProcessNode(ros_context, spinner, collector, model, max_depth_m=0.3, diagnostics_period_s=0.5)
     name = registry.get(frame.obj_ids[0]).name
-    dets = [conv.Detection(registry.get(oid).name, 0.9, box) for oid, box in zip(frame.obj_ids, frame.boxes)]
-    dets.append(conv.Detection(name, 0.9, (100.0, 100.0, 105.0, 105.0)))
+    dets = [conv.Detection(class_id=registry.get(oid).name, box=box, score=0.9)
+            for oid, box in zip(frame.obj_ids, frame.boxes)]
+    dets.append(conv.Detection(class_id=name, box=(100.0, 100.0, 105.0, 105.0), score=0.9))
     n.send_frame(frame, 0, dets)
     (msg,) = n.poses.wait_for(1, timeout=30)
-    expected = direct_estimate(registry, model, frame, [(d.class_id, d.box, d.score) for d in dets], max_depth_m=0.3)
+    expected = direct_estimate(registry, model, frame, dets, max_depth_m=0.3)
     reasons = Counter(e.reason for e in expected)
     assert reasons["small_box"] == 1 and reasons["depth_out_of_range"] >= 1, reasons
     assert len(msg.poses) == reasons[""]
@@ -84,7 +85,7 @@ def test_first_frame_waits_for_its_camera_info(node_setup, ros_context, spinner,
     n.pub_info.publish(camera_info_msg(frame, stamp(0)))
     (msg,) = n.poses.wait_for(1, timeout=30)
     assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (1000, 17)
-    expected = [e for e in direct_estimate(registry, model, frame, [(d.class_id, d.box, d.score) for d in core],
+    expected = [e for e in direct_estimate(registry, model, frame, core,
                                            **POSE_PARAMS) if e.ok]
     assert len(msg.poses) == len(expected) > 0
     for p, e in zip(msg.poses, expected):
@@ -168,8 +169,7 @@ def test_compressed_jpeg_stream_in_poses_out(node_setup, ros_context, spinner, c
             if fmt == "png":
                 assert np.array_equal(decoded, frame.rgb)  # lossless
             ref = type(frame)(decoded, frame.K, frame.obj_ids, frame.poses, frame.boxes)
-            expected[1000 + k] = [e for e in direct_estimate(registry, model, ref, [(d.class_id, d.box, d.score)
-                                                                                   for d in core], **POSE_PARAMS) if e.ok]
+            expected[1000 + k] = [e for e in direct_estimate(registry, model, ref, core, **POSE_PARAMS) if e.ok]
             pub_info.publish(camera_info_msg(frame, stamp(k)))
             time.sleep(0.05)
             pub_jpeg.publish(msg)

@@ -7,8 +7,7 @@ import re
 
 import pytest
 
-from pose6d_ros.ros.detector_node import DETECTOR_PARAMS
-from pose6d_ros.ros.params import ESTIMATOR_PARAMS
+from pose6d_ros.ros.params import DETECTOR_PARAMS, ESTIMATOR_PARAMS
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "ros-interface.md"
 

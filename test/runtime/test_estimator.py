@@ -44,7 +44,7 @@ def test_oracle_chain_recovers_poses_like_opencv(registry, card, camera):
     oracle = OracleKeypointPredictor(card, camera, torch.as_tensor(R), torch.as_tensor(t))
     est = Estimator(oracle, registry)
     names = {1: "duck", 5: "5", 7: "cat"}  # names and numeric strings both resolve
-    dets = [Detection(names[c], tuple(b), 0.9) for c, b in zip(classes, boxes)]
+    dets = [Detection(class_id=names[c], box=tuple(b), score=0.9) for c, b in zip(classes, boxes)]
     out = est.estimate(_image(camera), camera, dets)
     assert len(out) == 5 and all(isinstance(p, PoseEstimate) for p in out)
     for i, (p, c) in enumerate(zip(out, classes)):
@@ -70,7 +70,7 @@ def test_bad_detections_are_skipped_with_reasons(registry, card, camera):
     oracle = OracleKeypointPredictor(card, camera, torch.as_tensor(Rs), torch.as_tensor(ts))
     est = Estimator(oracle, registry, min_score=0.3)
     good = tuple(boxes[0])
-    dets = [
+    dets = [Detection(class_id=c, box=b, score=s) for c, b, s in [
         ("duck", good, 0.9),                         # 0 fine
         ("zebra", good, 0.9),                        # 1 unknown class
         ("glue", good, 0.9),                         # 2 in the registry, not in the model
@@ -79,12 +79,15 @@ def test_bad_detections_are_skipped_with_reasons(registry, card, camera):
         ("duck", (700.0, 10.0, 760.0, 60.0), 0.9),   # 5 outside the image
         ("duck", good, 0.1),                         # 6 low score
         ("duck", (1.0, 2.0, 3.0), 0.9),              # 7 malformed box
-        {"class_id": 7, "box": boxes[1], "score": float("inf")},  # 8 non-finite score
-    ]
+        (7, boxes[1], float("inf")),                 # 8 non-finite score
+        ("duck", good, "high"),                      # 9 a score that is not a number
+    ]]
+    dets.append(("duck", good, 0.9))                 # 10 not a Detection (the old tuple form)
     out = est.estimate(_image(camera), camera, dets)
     assert [p.reason for p in out] == ["", "unknown_class", "not_in_model", "non_finite", "empty_box",
-                                       "outside_image", "low_score", "malformed", "non_finite"]
-    assert [p.ok for p in out] == [True] + [False] * 8
+                                       "outside_image", "low_score", "malformed", "non_finite", "malformed",
+                                       "malformed"]
+    assert [p.ok for p in out] == [True] + [False] * 10
     assert out[2].object_id == 9 and out[2].object_name == "glue" and out[1].object_id is None
     np.testing.assert_allclose(out[0].t, t[0], atol=1e-4)
     for p in out:
@@ -108,7 +111,7 @@ class _ConstantKeypoints:
 @pytest.mark.parametrize("value, reason", [(0.1, "pnp_failed"), (float("nan"), "non_finite_keypoints")])
 def test_degenerate_network_output_is_reported(registry, card, camera, value, reason):
     est = Estimator(_ConstantKeypoints(card, value), registry)
-    out = est.estimate(_image(camera), camera, [("cat", (100.0, 100.0, 180.0, 170.0), 1.0)] * 2)
+    out = est.estimate(_image(camera), camera, [Detection(class_id="cat", box=(100.0, 100.0, 180.0, 170.0))] * 2)
     assert [p.reason for p in out] == [reason, reason] and not any(p.ok for p in out)
     for p in out:
         assert p.R is None and p.t is None
@@ -124,8 +127,9 @@ def test_torch_network_batches_mixed_classes_like_single_runs(registry, card, ca
         net.head[-1].weight.normal_(std=0.05)
     est = Estimator(TorchPredictor(net, card), registry)
     image = _image(camera)
-    dets = [("duck", (100.0, 120.0, 200.0, 210.0), 0.9), ("can", (300.0, 200.0, 360.0, 330.0), 0.8),
-            ("cat", (400.0, 50.0, 520.0, 150.0), 0.7)]
+    dets = [Detection(class_id="duck", box=(100.0, 120.0, 200.0, 210.0), score=0.9),
+            Detection(class_id="can", box=(300.0, 200.0, 360.0, 330.0), score=0.8),
+            Detection(class_id="cat", box=(400.0, 50.0, 520.0, 150.0), score=0.7)]
     together = est.estimate(image, camera, dets)
     alone = [est.estimate(image, camera, [d])[0] for d in dets]
     for a, b in zip(together, alone):
@@ -144,9 +148,9 @@ def test_construction_and_frame_errors(registry, card, camera):
         Estimator(TorchPredictor(net, moved), registry)
     est = Estimator(TorchPredictor(net, card), registry)
     with pytest.raises(ValueError, match="image"):
-        est.estimate(np.zeros((100, 100, 3), np.uint8), camera, [("duck", (1, 1, 20, 20), 1.0)])
+        est.estimate(np.zeros((100, 100, 3), np.uint8), camera, [Detection(class_id="duck", box=(1, 1, 20, 20))])
     with pytest.raises(ValueError, match="image"):  # even when no detection is usable
-        est.estimate(np.zeros((480, 640), np.uint8), camera, [("zebra", (1, 1, 20, 20), 1.0)])
+        est.estimate(np.zeros((480, 640), np.uint8), camera, [Detection(class_id="zebra", box=(1, 1, 20, 20))])
     with pytest.raises(TypeError, match="model"):
         Estimator(object(), registry)
 
@@ -168,15 +172,15 @@ def test_crops_match_opencv_warp_of_the_full_image(registry, card, camera):
     rec = _RecordingPredictor(card)
     est = Estimator(rec, registry)
     image = _image(camera)
-    dets = [("cat", (10.0, 20.0, 90.0, 70.0), 1.0),            # window spills over the top-left corner
-            ("zebra", (0.0, 0.0, 5.0, 5.0), 1.0),               # skipped: not cropped
-            ("duck", (300.5, 200.25, 371.0, 290.0), 1.0),
-            ("can", (600.0, 400.0, 639.0, 479.0), 1.0)]         # bottom-right corner
+    dets = [Detection(class_id="cat", box=(10.0, 20.0, 90.0, 70.0)),     # window spills over the top-left corner
+            Detection(class_id="zebra", box=(0.0, 0.0, 5.0, 5.0)),        # skipped: not cropped
+            Detection(class_id="duck", box=(300.5, 200.25, 371.0, 290.0)),
+            Detection(class_id="can", box=(600.0, 400.0, 639.0, 479.0))]  # bottom-right corner
     est.estimate(image, camera, dets)
     crops, obj_index, det_index = rec.seen
     assert det_index.tolist() == [0, 2, 3] and obj_index.tolist() == [2, 0, 1]
     for i, d in enumerate([0, 2, 3]):
-        x0, y0, x1, y1 = dets[d][1]
+        x0, y0, x1, y1 = dets[d].box
         c, half = np.array([(x0 + x1) / 2, (y0 + y1) / 2]), card.crop_padding * max(x1 - x0, y1 - y0) / 2
         window = np.array([c[0] - half, c[1] - half, c[0] + half, c[1] + half])
         np.testing.assert_allclose(crops.windows[i].numpy(), window, atol=1e-9)
@@ -193,7 +197,8 @@ def test_float_tensor_image_gives_the_same_crops(registry, card, camera):
     rec = _RecordingPredictor(card)
     est = Estimator(rec, registry)
     image = _image(camera)
-    dets = [("cat", (10.0, 20.0, 90.0, 70.0), 1.0), ("duck", (300.5, 200.25, 371.0, 290.0), 1.0)]
+    dets = [Detection(class_id="cat", box=(10.0, 20.0, 90.0, 70.0)),
+            Detection(class_id="duck", box=(300.5, 200.25, 371.0, 290.0))]
     est.estimate(image, camera, dets)
     from_uint8 = rec.seen[0].images.clone()
     est.estimate(torch.from_numpy(image).permute(2, 0, 1).float() / 255.0, camera, dets)

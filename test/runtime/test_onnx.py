@@ -11,7 +11,7 @@ import torch
 
 from pose6d_ros.models import PoseNet, save_model
 from pose6d_ros.registry import ObjectRegistry
-from pose6d_ros.runtime import (Estimator, OnnxPredictor, export_onnx, read_onnx_card,
+from pose6d_ros.runtime import (Detection, Estimator, OnnxPredictor, export_onnx, read_onnx_card,
                                 select_providers)
 from pose6d_ros.runtime.onnx_export import main as export_main
 
@@ -71,8 +71,9 @@ def test_metadata_round_trip(exported):
 def test_estimator_on_onnx_matches_torch(exported, camera):
     d, net, card, reg = exported
     image = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
-    dets = [("duck", (100.0, 120.0, 200.0, 210.0), 0.9), ("cat", (400.0, 50.0, 520.0, 150.0), 0.7),
-            ("can", (300.0, 200.0, 360.0, 330.0), 0.8)]
+    dets = [Detection(class_id="duck", box=(100.0, 120.0, 200.0, 210.0), score=0.9),
+            Detection(class_id="cat", box=(400.0, 50.0, 520.0, 150.0), score=0.7),
+            Detection(class_id="can", box=(300.0, 200.0, 360.0, 330.0), score=0.8)]
     onnx_est = Estimator(d / "model.onnx", reg, backend="onnxruntime", device="cpu")
     torch_est = Estimator(d / "model.pt", reg, backend="torch", device="cpu")
     a = onnx_est.estimate(image, camera, dets)

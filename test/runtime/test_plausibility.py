@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pose6d_ros.geometry.camera import CameraModel, check_plausible
-from pose6d_ros.runtime import Estimator, OracleKeypointPredictor
+from pose6d_ros.runtime import Detection, Estimator, OracleKeypointPredictor
 
 
 def _cam(fx, fy=None, cx=320.0, cy=240.0, w=640, h=480):
@@ -66,7 +66,7 @@ def test_depth_range_skips_poses_outside_with_a_reason(registry, card):
     R, t, boxes = _oracle_scene(card, camera, z)
     oracle = OracleKeypointPredictor(card, camera, torch.as_tensor(R), torch.as_tensor(t))
     image = np.zeros((480, 640, 3), np.uint8)
-    dets = [("cat", b, 1.0) for b in boxes]
+    dets = [Detection(class_id="cat", box=b) for b in boxes]
     out = Estimator(oracle, registry, depth_range=(0.55, 0.65)).estimate(image, camera, dets)
     assert [p.reason for p in out] == ["depth_out_of_range", "", "depth_out_of_range"]
     assert out[0].R is None and out[0].t is None
@@ -82,9 +82,9 @@ def test_min_box_px_skips_boxes_whose_longer_side_is_shorter(registry, card):
     R, t, boxes = _oracle_scene(card, camera, [0.6] * 3)
     oracle = OracleKeypointPredictor(card, camera, torch.as_tensor(R), torch.as_tensor(t))
     cx, cy = 320.0, 240.0
-    dets = [("cat", (cx - 3.5, cy - 3.5, cx + 3.5, cy + 3.5), 1.0),  # 7 x 7 px: skipped
-            ("cat", (cx - 4.0, cy - 1.0, cx + 4.0, cy + 1.0), 1.0),  # 8 x 2 px: longer side 8, kept
-            ("cat", boxes[2], 1.0)]
+    dets = [Detection(class_id="cat", box=(cx - 3.5, cy - 3.5, cx + 3.5, cy + 3.5)),  # 7 x 7 px: skipped
+            Detection(class_id="cat", box=(cx - 4.0, cy - 1.0, cx + 4.0, cy + 1.0)),  # 8 x 2 px: longer side 8, kept
+            Detection(class_id="cat", box=boxes[2])]
     est = Estimator(oracle, registry, min_box_px=8.0)
     out = est.estimate(np.zeros((480, 640, 3), np.uint8), camera, dets)
     assert [p.reason for p in out] == ["small_box", "", ""]

@@ -178,7 +178,7 @@ def test_one_student_serves_every_object_batched_in_torch_and_onnx(root, referen
     """Two detections of different objects in one frame: each row uses its own CIN γ/β, so the batched
     outputs equal each crop run alone with its object id (torch and ONNX Runtime, within 1e-4)."""
     from pose6d_ros.geometry.camera import CameraModel
-    from pose6d_ros.runtime import Estimator, OnnxPredictor, TorchPredictor, export_onnx
+    from pose6d_ros.runtime import Detection, Estimator, OnnxPredictor, TorchPredictor, export_onnx
 
     ref, _ = reference_run
     model, card = load_model(ref / "model.pt")
@@ -188,7 +188,8 @@ def test_one_student_serves_every_object_batched_in_torch_and_onnx(root, referen
     onnx_path = export_onnx(model, card, tmp_path / "student.onnx", exporter="torchscript")
     camera = CameraModel(K=K_FULL, width=320, height=240)
     image = np.random.default_rng(1).integers(0, 255, (240, 320, 3), dtype=np.uint8)
-    dets = [("duck", (60.0, 50.0, 150.0, 140.0), 0.9), ("teddy", (170.0, 80.0, 260.0, 200.0), 0.8)]
+    dets = [Detection(class_id="duck", box=(60.0, 50.0, 150.0, 140.0), score=0.9),
+            Detection(class_id="teddy", box=(170.0, 80.0, 260.0, 200.0), score=0.8)]
     outputs = {}
     for name, predictor in (("torch", TorchPredictor(model, card)), ("onnx", OnnxPredictor(onnx_path, device="cpu"))):
         rec = _Recording(predictor)
