@@ -92,5 +92,8 @@ def average_gradients(model: torch.nn.Module) -> None:
 
 
 def cleanup() -> None:
+    """Leave the process group together: a rank that tears gloo down while another still writes its
+    last files aborts in gloo's threads ("terminate called without an active exception", SIGABRT)."""
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()
