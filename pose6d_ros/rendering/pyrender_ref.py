@@ -249,16 +249,13 @@ class PyrenderReference:
         if key not in self._pool:
             pr = self._pyrender
             mat = self._materials[object_id]
-            pm = pr.Mesh.from_trimesh(
-                self._tm[object_id],
-                material=pr.MetallicRoughnessMaterial(
-                    metallicFactor=mat.metallic,
-                    roughnessFactor=mat.roughness,
-                    baseColorFactor=np.asarray(mat.base_color, dtype=np.float64),
-                    doubleSided=True,
-                ),
-                smooth=self._smooth,
-            )
+            # from_trimesh drops the vertex colours when given a material: edit its default one instead.
+            pm = pr.Mesh.from_trimesh(self._tm[object_id], smooth=self._smooth)
+            for prim in pm.primitives:
+                prim.material.metallicFactor = mat.metallic
+                prim.material.roughnessFactor = mat.roughness
+                prim.material.baseColorFactor = np.asarray(mat.base_color, dtype=np.float64)
+                prim.material.doubleSided = True
             node = self.scene.add(pm, pose=np.eye(4))
             tm = self._tm[object_id]
             both = pr.Mesh.from_trimesh(

@@ -106,3 +106,21 @@ def test_several_objects_occlusion_and_options():
     assert np.all(frame.depth[m1] < 0.36)
     assert frame.rgb.shape == (128, 128, 3) and frame.rgb.dtype == np.uint8
     ref.close()
+
+
+def test_vertex_colours_reach_the_image():
+    """A red and a blue mesh under white light render red and blue (pyrender drops vertex colours when a
+    mesh is built with a material; the reference must not)."""
+    duck = load_scaled("duck.obj")
+    V, F = duck.vertices.numpy(), duck.faces.numpy()
+    red = Mesh.from_arrays(V, F, np.tile([0.9, 0.1, 0.1], (len(V), 1)))
+    blue = Mesh.from_arrays(V, F, np.tile([0.1, 0.1, 0.9], (len(V), 1)))
+    ref = PyrenderReference([red, blue], lights=[Light("directional", intensity=3.0)])
+    K = np.array([[300.0, 0, 63.5], [0, 300.0, 63.5], [0, 0, 1]])
+    frame = ref.render([0, 1], np.stack([np.eye(3)] * 2), np.array([[-0.04, 0.0, 0.4], [0.04, 0.0, 0.4]]), K,
+                       128, 128)
+    ref.close()
+    r, b = frame.rgb[frame.mask(0)].astype(float).mean(0), frame.rgb[frame.mask(1)].astype(float).mean(0)
+    assert frame.mask(0).sum() > 100 and frame.mask(1).sum() > 100
+    assert r[0] > 2 * r[2] and r[0] > 2 * r[1], r
+    assert b[2] > 2 * b[0] and b[2] > 2 * b[1], b
