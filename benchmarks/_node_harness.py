@@ -44,8 +44,15 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def scene(registry, n_det: int, rng: np.random.Generator):
-    """One textured 640x480 frame and ``n_det`` boxes of different objects, all inside the image."""
+def model_objects(model: Path) -> List[str]:
+    """The names of the objects an exported model was trained on (its model card)."""
+    from pose6d_ros.runtime.onnx_card import read_onnx_card
+
+    return list(read_onnx_card(model).object_names)
+
+
+def scene(names: List[str], n_det: int, rng: np.random.Generator):
+    """One textured 640x480 frame and ``n_det`` boxes of the objects ``names`` in turn, all inside the image."""
     y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
     rgb = np.stack([(x * 0.4) % 256, (y * 0.5) % 256, ((x + y) * 0.3) % 256], axis=2).astype(np.uint8)
     rgb = np.clip(rgb.astype(int) + rng.integers(-20, 20, rgb.shape), 0, 255).astype(np.uint8)
@@ -53,7 +60,7 @@ def scene(registry, n_det: int, rng: np.random.Generator):
     for i in range(n_det):
         w, h = rng.uniform(70, 130, 2)
         x0, y0 = rng.uniform(0, WIDTH - w), rng.uniform(0, HEIGHT - h)
-        boxes.append((registry.names[i % len(registry.names)], (x0, y0, x0 + w, y0 + h)))
+        boxes.append((names[i % len(names)], (x0, y0, x0 + w, y0 + h)))
     return rgb, boxes
 
 

@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 import numpy as np  # noqa: E402
 
 from benchmarks._node_harness import (HEIGHT, K, REGISTRY_YAML, WIDTH, camera_info_msg, header_at,  # noqa: E402
-                                     rss_mb, scene, start_node, stop,
+                                     model_objects, rss_mb, scene, start_node, stop,
                                      untrained_model, wait_until_subscribed)
 
 
@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     threading.Thread(target=executor.spin, daemon=True).start()
 
     rng = np.random.default_rng(args.seed)
-    frames = [scene(registry, 5, rng) for _ in range(6)]
+    frames = [scene(model_objects(model), 5, rng) for _ in range(6)]
     period_ns = 33_333_333
     first_sent: Dict[str, float] = {}
     counts: Dict[str, int] = {}

@@ -35,8 +35,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 import numpy as np  # noqa: E402
 
-from benchmarks._node_harness import (BUSY_LOOP, REGISTRY_YAML, camera_info_msg, header_at, rss_mb,  # noqa: E402
-                                     scene, start_node, stop, untrained_model, wait_until_subscribed)
+from benchmarks._node_harness import (BUSY_LOOP, camera_info_msg, header_at, rss_mb,  # noqa: E402
+                                     model_objects, scene, start_node, stop, untrained_model, wait_until_subscribed)
 
 
 def main(argv=None) -> int:
@@ -58,10 +58,8 @@ def main(argv=None) -> int:
     from sensor_msgs.msg import CameraInfo, Image
     from vision_msgs.msg import Detection2DArray
 
-    from pose6d_ros.registry import ObjectRegistry
     from pose6d_ros.ros import conversions as conv
 
-    registry = ObjectRegistry.from_yaml(REGISTRY_YAML)
     tmp = tempfile.TemporaryDirectory(prefix="node_load_")
     model = Path(args.model) if args.model else untrained_model(Path(tmp.name))
     log_path = Path(tmp.name) / "node.log"
@@ -91,7 +89,7 @@ def main(argv=None) -> int:
     spinner.start()
 
     rng = np.random.default_rng(0)
-    frames = [scene(registry, args.detections, rng) for _ in range(8)]
+    frames = [scene(model_objects(model), args.detections, rng) for _ in range(8)]
     try:
         wait_until_subscribed((pub_img, pub_det), node_proc, log_path, "node_load")
         period = 1.0 / args.rate

@@ -162,7 +162,7 @@ class EstimatorNode(Node):
 
     # -- one frame -----------------------------------------------------------------------------
     def _on_pair(self, pair: Pair) -> None:
-        """Process a frame with its camera model, or hold it while its own CameraInfo may still come:
+        """Process a frame with its camera model, or hold it while no CameraInfo has come yet:
         at most ``camera_info_wait_s``, at most ``cache_size`` frames, and within ``cache_max_mb``
         together with the waiting messages (the oldest held frame goes on first)."""
         camera, wait = self.cameras.match(pair.stamp)

@@ -100,8 +100,8 @@ class EstimatorParams:
                       "sync_tolerance_s (for detectors that restamp)", choices=("exact", "approximate"))
     sync_tolerance_s: float = param(0.01, "Largest stamp difference the approximate pairing accepts, seconds",
                                     range=(0.0, 10.0))
-    camera_info_wait_s: float = param(0.5, "Longest a frame waits for the CameraInfo with its stamp (when none has "
-                                      "come yet, or the CameraInfo stream is stamped like the images); 0: never wait",
+    camera_info_wait_s: float = param(0.5, "Longest the first frames wait for a CameraInfo while none has come yet "
+                                      "(later frames take the one with their stamp, else the latest); 0: never wait",
                                       range=(0.0, 10.0))
     max_detections: int = param(50, "Detections estimated per frame at most; the lowest scores beyond are skipped",
                                 range=(1, 10000))

@@ -84,19 +84,15 @@ def test_stamp_ns():
     assert stamp_ns(SimpleNamespace(sec=3, nanosec=17)) == 3 * S + 17
 
 
-def test_camera_sync_waits_for_a_stamped_camera_info_and_falls_back_to_the_latest():
+def test_camera_sync_takes_the_stamped_model_else_the_latest_and_waits_only_for_the_first():
     c: CameraSync[str] = CameraSync(max_count=2)
-    assert c.match(10) == (None, True)  # nothing yet: wait
+    assert c.match(10) == (None, True)  # nothing yet: the frame waits
+    assert c.give_up() is None
     c.add(10, "cam10")
     assert c.match(10) == ("cam10", False)  # same stamp
-    # the stream is stamped like the frames: a newer frame waits for its own camera_info ...
-    assert c.match(11) == (None, True)
+    assert c.match(11) == ("cam10", False)  # its own has not come: the latest, at once
     c.add(11, "cam11")
-    assert c.match(11) == ("cam11", False)
-    # ... an older frame whose camera_info is gone takes the latest at once
     c.add(12, "cam12")
-    assert c.match(10) == ("cam12", False)
-    # after a frame gave up waiting, frames take the latest model until stamps match again
-    assert c.match(20) == (None, True)
+    assert c.match(11) == ("cam11", False)
+    assert c.match(10) == ("cam12", False)  # beyond max_count: the latest
     assert c.give_up() == "cam12"
-    assert c.match(21) == ("cam12", False)
