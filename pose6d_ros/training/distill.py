@@ -47,7 +47,6 @@ data, to be measured on accuracy first; it is left out until then.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -56,6 +55,7 @@ import torch
 from torch import nn
 
 from pose6d_ros.models import load_model
+from pose6d_ros.models.pretrained import sha256_of
 from pose6d_ros.training import distributed as du
 from pose6d_ros.registry import RunObjects
 from pose6d_ros.training.build import SyntheticSource, build_optimizer
@@ -71,14 +71,6 @@ __all__ = ["DistillSettings", "TeacherBank", "DistillModel", "distill_step", "tr
 log = logging.getLogger("pose6d_ros.training")
 
 # ---- teachers ------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def teacher_paths(spec: Any, objects: RunObjects) -> Dict[int, Path]:
     """``distill.teachers`` -> ``{object id: checkpoint path}`` for every object of the run.
 
@@ -160,7 +152,7 @@ class TeacherBank:
                 raise ValueError(f"{where}: {model.backbone.out_channels} feature channels, the other teachers have "
                                  f"{teachers[0].backbone.out_channels}")
             teachers.append(model)
-            records.append({"object_id": oid, "name": name, "path": str(path), "sha256": _sha256(path),
+            records.append({"object_id": oid, "name": name, "path": str(path), "sha256": sha256_of(path),
                             "kind": card.training.get("kind", card.extra.get("kind")),
                             "backbone": card.backbone, "parameters": sum(p.numel() for p in model.parameters())})
         log.info("distill: %d teachers (%s), %d parameters together", len(teachers), teachers[0].config["backbone"],
