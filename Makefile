@@ -6,7 +6,8 @@ OVERLAY := .overlay
 ENV := source tools/env.sh &&
 PYTEST_ARGS ?=
 # pytorch3d's source (no wheel on the package index fits our torch): built once, the wheel cached in ~/.cache.
-PYTORCH3D_SRC ?= ../shared/vendor/pytorch3d-0.7.9-src.tar.gz
+# The first that exists: beside the checkout (../shared, as on the development machines), or /work/shared.
+PYTORCH3D_SRC ?= $(firstword $(wildcard ../shared/vendor/pytorch3d-0.7.9-src.tar.gz /work/shared/vendor/pytorch3d-0.7.9-src.tar.gz) ../shared/vendor/pytorch3d-0.7.9-src.tar.gz)
 
 .PHONY: setup test demo bench colcon clean pytorch3d
 
