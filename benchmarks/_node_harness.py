@@ -100,16 +100,11 @@ def wait_until_subscribed(publishers, node_proc, log_path: Path, label: str, tim
 
 def stop(node_proc, executor, client_node) -> None:
     """SIGINT the node process (kill after 15 s), then shut down this process's client node and rclpy."""
-    import signal
-    import subprocess
-
     import rclpy
 
-    node_proc.send_signal(signal.SIGINT)
-    try:
-        node_proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        node_proc.kill()
+    from pose6d_ros.ros.replay import stop_process
+
+    stop_process(node_proc)
     executor.shutdown()
     client_node.destroy_node()
     rclpy.shutdown()

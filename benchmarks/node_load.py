@@ -42,11 +42,11 @@ from benchmarks._node_harness import (BUSY_LOOP, camera_info_msg, header_at, rss
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="exported .onnx (default: an untrained one, exported here)")
+    ap.add_argument("--no-busy", action="store_true", help="no CPU-bound process beside the node")
     ap.add_argument("--rate", type=float, default=30.0, help="frames per second sent")
     ap.add_argument("--detections", type=int, default=5, help="detections per frame")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of load after warm-up")
     ap.add_argument("--warmup", type=float, default=5.0, help="seconds of load before measuring")
-    ap.add_argument("--no-busy", action="store_true", help="no CPU-bound process beside the node")
     ap.add_argument("--node-arg", action="append", default=[], metavar="NAME:=VALUE",
                     help="extra node parameter (repeatable), e.g. num_threads:=2")
     args = ap.parse_args(argv)

@@ -36,6 +36,17 @@ def _estimator_command(model: str, objects: str, extra: Sequence[str]) -> List[s
     return cmd + ["--ros-args", *params, "-p", f"model:={model}", "-p", f"objects:={objects}", *extra]
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stop a node process the way ``Ctrl-C`` does (SIGINT: a clean rclpy shutdown), killing it after
+    ``timeout`` seconds."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def replay(model: str, objects: str, split: str, frames: int = 8, timeout: float = 60.0) -> int:
     import rclpy
     from builtin_interfaces.msg import Time
@@ -133,11 +144,7 @@ def replay(model: str, objects: str, split: str, frames: int = 8, timeout: float
                 print(f"{scene.scene_id:>6}/{im_id:<5} {obj.name:>12} {np.array2string(t, precision=3):>28} "
                       f"{np.array2string(gt.t, precision=3):>28} {1000 * np.linalg.norm(t - gt.t):8.1f} {add:6.2f}")
     finally:
-        node_proc.send_signal(signal.SIGINT)
-        try:
-            node_proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            node_proc.kill()
+        stop_process(node_proc)
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

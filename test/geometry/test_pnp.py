@@ -8,6 +8,7 @@ from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
 from pose6d_ros.geometry.pnp import PnPLayer, solve_pnp
+from pose6d_ros.geometry.pnp_reference import solve_pnp_reference
 
 K_NP = np.array([[572.4, 0.0, 325.3], [0.0, 573.6, 242.0], [0.0, 0.0, 1.0]])
 
@@ -258,17 +259,23 @@ class TestFailures:
         assert res.failed.all()
         assert torch.isfinite(res.R).all() and torch.isfinite(res.t).all()
 
-    def test_empty_batch(self):
-        res = solve_pnp(torch.zeros(0, 9, 2), torch.rand(9, 3), torch.eye(3).expand(0, 3, 3))
+    @pytest.mark.parametrize("solver", [solve_pnp, solve_pnp_reference], ids=["fast", "reference"])
+    def test_empty_batch(self, solver):
+        res = solver(torch.zeros(0, 9, 2), torch.rand(9, 3), torch.eye(3).expand(0, 3, 3))
         assert res.R.shape == (0, 3, 3) and res.t.shape == (0, 3) and res.failed.shape == (0,)
 
-    def test_exceptions(self):
+    @pytest.mark.parametrize("solver", [solve_pnp, solve_pnp_reference], ids=["fast", "reference"])
+    def test_exceptions(self, solver):
         with pytest.raises(ValueError, match="N >= 6"):
-            solve_pnp(torch.zeros(1, 4, 2), torch.zeros(4, 3), torch.eye(3)[None])
+            solver(torch.zeros(1, 4, 2), torch.zeros(4, 3), torch.eye(3)[None])
         with pytest.raises(ValueError, match="points_3d"):
-            solve_pnp(torch.zeros(1, 9, 2), torch.zeros(8, 3), torch.eye(3)[None])
+            solver(torch.zeros(1, 9, 2), torch.zeros(8, 3), torch.eye(3)[None])
         with pytest.raises(ValueError, match="K"):
-            solve_pnp(torch.zeros(2, 9, 2), torch.zeros(9, 3), torch.eye(3)[None])
+            solver(torch.zeros(2, 9, 2), torch.zeros(9, 3), torch.eye(3)[None])
+        with pytest.raises(ValueError, match="weights"):
+            solver(torch.zeros(1, 9, 2), torch.zeros(9, 3), torch.eye(3)[None], torch.ones(1, 8))
+        with pytest.raises(TypeError, match="dtypes differ"):
+            solver(torch.zeros(1, 9, 2), torch.zeros(9, 3, dtype=torch.float64), torch.eye(3)[None])
 
 
 def test_layer_matches_function():
