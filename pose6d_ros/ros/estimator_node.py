@@ -63,6 +63,7 @@ class EstimatorNode(Node):
         self.estimator = Estimator(p.model, self.registry, backend=p.backend, device=p.device,
                                    min_score=p.min_score, intra_op_threads=p.num_threads,
                                    min_box_px=p.min_box_px, depth_range=(p.min_depth_m, p.max_depth_m))
+        self._boxes = {o.id: _box_of(o.keypoints) for o in self.registry}  # (size, centre) per object
         self.warnings = ThrottledWarnings(self.get_logger(), p.warn_throttle_s)
         self.create_timer(FLUSH_PERIOD_S, self.warnings.flush)
         self.cameras: CameraSync[CameraModel] = CameraSync(max_count=64)
@@ -245,10 +246,9 @@ class EstimatorNode(Node):
                 continue
             k = per_class.get(est.object_name, 0)
             per_class[est.object_name] = k + 1
-            corners = np.asarray(self.registry.get(est.object_id).keypoints[:8])
-            lo, hi = corners.min(axis=0), corners.max(axis=0)
+            size, centre = self._boxes[est.object_id]
             items.append(conv.PublishedPose(f"{est.object_name}_{k}", str(est.class_id), est.score, est.R, est.t,
-                                            tuple(float(v) for v in hi - lo), (hi + lo) / 2))
+                                            size, centre))
         self.pub_poses.publish(conv.pose_array_msg(header, [(i.R, i.t) for i in items]))
         self.pub_detections.publish(conv.detection3d_array_msg(header, items))
         if self.pub_tf is not None and items:
@@ -293,6 +293,13 @@ class EstimatorNode(Node):
                 self.counters.detections_skipped["bad_detection"] += 1
                 self.warnings.warn("bad_detection", str(e))
         return detections
+
+
+def _box_of(keypoints) -> Tuple[Tuple[float, float, float], np.ndarray]:
+    """``(size, centre)`` of the axis-aligned model-frame box of an object's 8 corner keypoints, metres."""
+    corners = np.asarray(keypoints[:8], dtype=np.float64)
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    return tuple(float(v) for v in hi - lo), (hi + lo) / 2
 
 
 def main(args=None) -> int:
