@@ -91,9 +91,12 @@ def average_gradients(model: torch.nn.Module) -> None:
         offset += n
 
 
-def cleanup() -> None:
-    """Leave the process group together: a rank that tears gloo down while another still writes its
-    last files aborts in gloo's threads ("terminate called without an active exception", SIGABRT)."""
+def cleanup(finished: bool = True) -> None:
+    """Leave the process group. After a finished run the ranks leave together: a rank that tears gloo
+    down while another still writes its last files aborts in gloo's threads ("terminate called without
+    an active exception", SIGABRT). After an error there is no barrier: the other ranks may never reach
+    it, and the failing rank must exit so that torchrun stops them."""
     if is_distributed():
-        dist.barrier()
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()

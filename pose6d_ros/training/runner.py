@@ -179,8 +179,10 @@ def cli_main(prog: str, description: str, train: Callable[..., Any], argv=None) 
     def body() -> None:
         try:
             result = train(config_from_args(args), resume=args.resume)
-        finally:
-            du.cleanup()
+        except BaseException:
+            du.cleanup(finished=False)
+            raise
+        du.cleanup()
         if result is not None:
             print(f"model: {result['model']} ({result['steps']} steps)\nresult: {result['result_file']}", flush=True)
 
