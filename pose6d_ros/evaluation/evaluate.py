@@ -6,7 +6,7 @@ detector gives) isolate pose quality (as the paper's Table 5); in scene ``k`` on
 the diameter (ADD-S, closest point, for symmetric objects), and under 2D projection when the mean
 reprojection error of the model points is below 5 px.
 
-    evaluate --model runs/x/model.pt --split data/lm-lite/test --registry data/lm-lite/objects.yaml
+    evaluate --model runs/x/model.pt --split data/lm-lite/test --registry data/lm-lite/objects.yaml [--plots DIR]
 """
 
 from __future__ import annotations
@@ -226,6 +226,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="folder for results.md/.csv, the BOP CSV and result.json "
                          "(default: eval-<dataset>-<split>/ beside the model)")
     ap.add_argument("--limit", type=int, default=None, help="evaluate at most this many instances of each object")
+    ap.add_argument("--plots", default=None, metavar="DIR",
+                    help="also write recall-curve and error-histogram PNGs (and their data as CSV) to DIR")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     a = ap.parse_args(argv)
@@ -259,6 +261,10 @@ def evaluate(a: argparse.Namespace) -> Dict[str, object]:
     split = Path(a.split).resolve()
     out = Path(a.out) if a.out else Path(a.model).parent / f"eval-{split.parent.name}-{split.name}"
     paths = write_outputs(table, preds, out, dataset=split.parent.name, split=split.name)
+    if getattr(a, "plots", None):
+        from pose6d_ros.evaluation.plots import object_errors, write_plots  # matplotlib only when asked
+
+        paths.update(write_plots(object_errors(preds, registry), a.plots, title=f"{Path(a.model).name} on {a.split}"))
     result = {"model": str(a.model), "split": str(a.split), "registry": str(a.registry), "limit_per_object": a.limit,
               "files": {k: str(v) for k, v in paths.items()}, **table.to_dict()}
     paths["json"] = atomic_write_json(out / "result.json", result)

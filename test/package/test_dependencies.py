@@ -23,6 +23,7 @@ THIRD_PARTY = {
     "yaml": ("PyYAML", "python3-yaml"),
     "scipy": ("scipy", "python3-scipy"),
     "tqdm": ("tqdm", "python3-tqdm"),
+    "matplotlib": ("matplotlib", "python3-matplotlib"),
     "trimesh": ("trimesh", "python3-trimesh"),
     "transforms3d": ("transforms3d", "python3-transforms3d"),
     "torch": ("torch", "python3-pytorch-pip"),
