@@ -32,6 +32,7 @@ setup(
             "train_supervised = pose6d_ros.training.supervised:main",
             "distill = pose6d_ros.training.distill:main",
             "train_detector = pose6d_ros.detection.train:main",
+            "detect = pose6d_ros.detection.detect:main",
             "evaluate = pose6d_ros.evaluation.evaluate:main",
             "export_onnx = pose6d_ros.runtime.onnx_export:main",
             "import_bag = pose6d_ros.data.bag:main",

@@ -104,3 +104,157 @@ def test_detector_runs_on_uint8_images(tiny_checkpoint, registry):
         det.detect(np.zeros((90, 120, 4), np.uint8))
     with pytest.raises(TypeError, match="uint8"):
         det.detect(np.zeros((90, 120, 3), np.float32))
+
+
+def test_edges_to_bop_box_inverts_bop_box_to_edges():
+    from pose6d_ros.detection.infer import edges_to_bop_box
+
+    # the pixel columns 10..12 and rows 20..23 again, from their edges
+    np.testing.assert_array_equal(edges_to_bop_box((9.5, 19.5, 12.5, 23.5)), [10.0, 20.0, 3.0, 4.0])
+    xywh = np.random.default_rng(0).uniform(0, 50, (6, 4))
+    edges = np.array([bop_box_to_edges(b) for b in xywh])
+    np.testing.assert_allclose(edges_to_bop_box(torch.as_tensor(edges)), xywh, atol=1e-12)
+    with pytest.raises(ValueError, match="boxes"):
+        edges_to_bop_box(np.zeros((2, 3)))
+
+
+def _gt_split(root, images):
+    """A labelled split: ``images`` is ``{(scene, im): [(obj_id, (x, y, w, h), visib_fract), ...]}``."""
+    from pose6d_ros.data.bop import CameraRecord, GtInfoRecord, GtRecord, SceneRecord, save_scene
+
+    K = np.array([[50.0, 0, 31.5], [0, 50.0, 23.5], [0, 0, 1]])
+    for sid in sorted({s for s, _ in images}):
+        ims = {i: inst for (s, i), inst in images.items() if s == sid}
+        save_scene(root, SceneRecord(
+            scene_id=sid, cameras={i: CameraRecord(K) for i in ims},
+            gts={i: [GtRecord(o, np.eye(3), np.array([0, 0, 0.5])) for o, _, _ in inst] for i, inst in ims.items()},
+            gt_infos={i: [GtInfoRecord(bbox_obj=b, bbox_visib=b, px_count_all=100, px_count_valid=100,
+                                       px_count_visib=int(100 * f), visib_fract=f) for _, b, f in inst]
+                      for i, inst in ims.items()}))
+    return root
+
+
+def test_average_precision_by_hand(tmp_path):
+    """3 counted GT of object 1 (+1 only 20% visible), 5 ranked detections; AP computed by hand.
+
+    Image (1, 0): g1 (0,0,10,10), g2 (20,0,10,10), g_low (40,0,10,10) 20% visible. Image (1, 1): g3 (0,0,20,20).
+    By score: d1 = g1 (IoU 1), d5 = g_low (IoU 1), d2 (60,0,10,10) nothing, d3 (22,0,10,10) g2 with IoU 8/12 = 0.67,
+    d4 = g3 (IoU 1).
+
+    min_visib_fract 0.3 (g_low ignored, 3 GT; d5 neither hit nor false positive):
+      IoU 0.5: TP, (ign), FP, TP, TP -> precision 1, 1/2, 2/3, 3/4 at recall 1/3, 1/3, 2/3, 1; envelope 1, 3/4, 3/4,
+      3/4. Recall points 0..0.33 (34 of 101) -> 1, 0.34..1 (67) -> 3/4: AP = (34 + 67 * 0.75) / 101 = 84.25 / 101.
+      IoU 0.75: TP, (ign), FP, FP, TP -> precision 1, 1/2, 1/3, 1/2 at recall 1/3, 1/3, 1/3, 2/3; envelope 1, 1/2,
+      1/2, 1/2: 34 points at 1, 33 (0.34..0.66) at 1/2, 34 beyond 2/3 at 0: AP = 50.5 / 101 = 0.5.
+      d3 is a hit at 0.5, 0.55, 0.6, 0.65 and a miss from 0.7: AP 0.5:0.95 = (4 * 84.25 + 6 * 50.5) / 1010 = 64 / 101.
+    min_visib_fract 0 (4 GT): IoU 0.5: TP, TP, FP, TP, TP -> envelope 1, 1, 4/5, 4/5, 4/5 at recall 1/4 .. 1:
+      51 points (0..0.5) at 1, 50 at 4/5: AP = 91 / 101. IoU 0.75: TP, TP, FP, FP, TP -> envelope 1, 1, 2/3, 3/5, 3/5
+      at recall 1/4, 1/2, 1/2, 1/2, 3/4: 51 at 1, 25 (0.51..0.75) at 3/5, 25 at 0: AP = 66 / 101.
+    """
+    from pose6d_ros.data.bop import DetectionRecord
+    from pose6d_ros.detection.infer import evaluate_detections
+
+    split = _gt_split(tmp_path / "test", {
+        (1, 0): [(1, (0, 0, 10, 10), 1.0), (1, (20, 0, 10, 10), 1.0), (1, (40, 0, 10, 10), 0.2), (3, (0, 30, 5, 5), 1.0)],
+        (1, 1): [(1, (0, 0, 20, 20), 1.0)]})
+
+    def det(im, obj, box, score):
+        return DetectionRecord(scene_id=1, im_id=im, obj_id=obj, score=score, bbox=box, time=0.01)
+
+    dets = [det(0, 1, (60.0, 0.0, 10.0, 10.0), 0.8), det(1, 1, (0.0, 0.0, 20.0, 20.0), 0.6),
+            det(0, 1, (0.0, 0.0, 10.0, 10.0), 0.9), det(0, 1, (22.0, 0.0, 10.0, 10.0), 0.7),
+            det(0, 1, (40.0, 0.0, 10.0, 10.0), 0.85),
+            det(0, 2, (0.0, 0.0, 10.0, 10.0), 0.9),  # object 2 has no GT: no AP, not in the means
+            det(0, 7, (0.0, 0.0, 10.0, 10.0), 0.9)]  # object 7 is not evaluated
+    rep = evaluate_detections(dets, split, [1, 2, 3], min_visib_fract=0.3, min_score=0.65)
+    c = rep.classes[1]
+    assert (c.n_gt, c.n_ignored, c.n_dets) == (3, 1, 5)
+    assert c.ap_at(0.5) == pytest.approx(84.25 / 101, abs=1e-12)
+    assert c.ap_at(0.75) == pytest.approx(0.5, abs=1e-12)
+    assert c.ap_mean == pytest.approx(64 / 101, abs=1e-12)
+    # recall at score >= 0.65: d1, d5, d2, d3 -> g1 and g2 found at 0.5, only g1 at 0.75
+    assert c.recall_at(0.5) == pytest.approx(2 / 3) and c.recall_at(0.75) == pytest.approx(1 / 3)
+    assert np.isnan(rep.classes[2].ap_mean) and rep.classes[2].n_gt == 0 and rep.classes[2].n_dets == 1
+    assert rep.classes[3].n_gt == 1 and rep.classes[3].ap_mean == 0.0  # found by nothing
+    assert 7 not in rep.classes
+    assert rep.mAP(0.5) == pytest.approx((84.25 / 101 + 0.0) / 2)  # over objects 1 and 3
+    assert rep.recall_all(0.5) == pytest.approx(2 / 4)
+
+    c0 = evaluate_detections(dets, split, [1], min_visib_fract=0.0).classes[1]
+    assert (c0.n_gt, c0.n_ignored) == (4, 0)
+    assert c0.ap_at(0.5) == pytest.approx(91 / 101, abs=1e-12)
+    assert c0.ap_at(0.75) == pytest.approx(66 / 101, abs=1e-12)
+    assert c0.recall_at(0.5) == pytest.approx(1.0)  # min_score 0: every detection counts
+    assert "AP50" in rep.summary() and rep.to_dict()["classes"]["1"]["n_gt"] == 3
+
+    with pytest.raises(ValueError, match="scene 1 image 5"):
+        evaluate_detections([det(5, 1, (0.0, 0.0, 1.0, 1.0), 0.5)], split, [1])
+
+
+def test_average_precision_matches_pycocotools(tmp_path):
+    """A random case (jittered GT, duplicates, false positives, less visible GT) against pycocotools'
+    COCOeval, the reference of the BOP 2D detection task. Less visible GT are given pycocotools'
+    ignore through the area range (an area below it), as COCOeval ignores crowd and out-of-range GT."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from pose6d_ros.data.bop import DetectionRecord
+    from pose6d_ros.detection.infer import IOU_THRESHOLDS, evaluate_detections
+
+    rng = np.random.default_rng(3)
+    images, dets = {}, []
+    for im in range(30):
+        inst = []
+        for _ in range(rng.integers(1, 6)):
+            xy, wh = rng.integers(0, 60, 2), rng.integers(5, 40, 2)
+            inst.append((int(rng.integers(1, 4)), tuple(int(v) for v in (*xy, *wh)), float(rng.uniform(0, 1))))
+        images[(2, im)] = inst
+        for obj, (x, y, w, h), _ in inst:
+            for _ in range(rng.integers(0, 3)):  # 0-2 detections near each GT (duplicates are false positives)
+                j = rng.normal(0, 0.15, 4) * [w, h, w, h]
+                dets.append(DetectionRecord(2, im, obj, float(rng.uniform()), (x + j[0], y + j[1], w + j[2], h + j[3])))
+        for _ in range(rng.integers(0, 3)):  # pure false positives
+            dets.append(DetectionRecord(2, im, int(rng.integers(1, 4)), float(rng.uniform()),
+                                        tuple(float(v) for v in (*rng.uniform(0, 60, 2), *rng.uniform(5, 30, 2)))))
+    split = _gt_split(tmp_path / "test", images)
+    min_visib = 0.3
+    rep = evaluate_detections(dets, split, [1, 2, 3], min_visib_fract=min_visib)
+
+    keys = sorted(images)
+    coco_gt = COCO()
+    coco_gt.dataset = {
+        "images": [{"id": n + 1} for n in range(len(keys))], "categories": [{"id": k} for k in (1, 2, 3)],
+        "annotations": [{"id": len(keys) * 10 + 10 * n + g, "image_id": n + 1, "category_id": o, "bbox": list(b),
+                         "area": 100.0 if f >= min_visib else 0.0, "iscrowd": 0}
+                        for n, k in enumerate(keys) for g, (o, b, f) in enumerate(images[k])]}
+    coco_gt.createIndex()
+    coco_dt = coco_gt.loadRes([{"image_id": keys.index((d.scene_id, d.im_id)) + 1, "category_id": d.obj_id,
+                                "bbox": list(d.bbox), "score": d.score} for d in dets])
+    ev = COCOeval(coco_gt, coco_dt, "bbox")
+    ev.params.areaRng, ev.params.areaRngLbl, ev.params.maxDets = [[1e-3, 1e10]], ["all"], [100]
+    ev.evaluate()
+    ev.accumulate()
+    np.testing.assert_allclose(ev.params.iouThrs, IOU_THRESHOLDS)
+    prec = ev.eval["precision"][:, :, :, 0, 0]  # (T, R, K)
+    for k, obj in enumerate(ev.params.catIds):
+        ref = prec[:, :, k].mean(axis=1)
+        c = rep.classes[obj]
+        assert c.n_gt > 0 and c.n_ignored > 0 and c.n_dets > c.n_gt  # the case exercises all three
+        np.testing.assert_allclose(c.ap, ref, atol=1e-12, err_msg=f"object {obj}")
+        np.testing.assert_allclose(c.recall, ev.eval["recall"][:, k, 0, 0], atol=1e-12)  # min_score 0: all
+    assert 0.05 < rep.mAP() < 0.95  # neither trivial extreme
+
+
+def test_detection_takes_the_counted_gt_before_a_less_visible_one(tmp_path):
+    """COCO's rule: a detection matches a counted GT when one is good enough at the threshold, even if
+    an ignored (less visible) GT overlaps it more. Here IoU 1 with the 10%-visible box and 9/11 = 0.82
+    with the counted one: a hit at IoU 0.5 .. 0.8 (AP 1), matched to the ignored box from 0.85 (no hit,
+    no false positive: AP 0)."""
+    from pose6d_ros.data.bop import DetectionRecord
+    from pose6d_ros.detection.infer import evaluate_detections
+
+    split = _gt_split(tmp_path / "test", {(1, 0): [(1, (0, 0, 10, 10), 1.0), (1, (1, 0, 10, 10), 0.1)]})
+    c = evaluate_detections([DetectionRecord(1, 0, 1, 0.9, (1.0, 0.0, 10.0, 10.0))], split, [1],
+                            min_visib_fract=0.3).classes[1]
+    np.testing.assert_allclose(c.ap, [1.0] * 7 + [0.0] * 3, atol=1e-12)
+    np.testing.assert_allclose(c.recall, [1.0] * 7 + [0.0] * 3)
