@@ -49,3 +49,35 @@ def test_launch_nodes_name_installed_executables_and_existing_configs():
         assert arg in args
     setup_text = (ROOT / "setup.py").read_text()
     assert 'glob("launch/*.launch.py")' in setup_text and 'glob("config/*.yaml")' in setup_text
+
+
+def test_launch_file_resolves_to_node_command_lines_without_ros2_launch():
+    """launch_graph runs the file against its minimal launch API: both nodes by default, the estimator
+    alone with use_detector false; every params file it passes exists (the checkout's config/ when
+    the package is not in an ament index)."""
+    from pose6d_ros.ros.launch_graph import LaunchError, resolve
+
+    launch = ROOT / "launch" / "estimator.launch.py"
+    both = resolve(launch, {"model": "/m.onnx"})
+    assert [c.name for c in both] == ["pose6d_detector", "pose6d_estimator"]
+    for c in both:
+        ros = c.argv[c.argv.index("--ros-args") + 1:]
+        assert ros[:2] == ["-r", f"__node:={c.name}"]
+        files = [ros[i + 1] for i, a in enumerate(ros) if a == "--params-file"]
+        assert [pathlib.Path(f).name for f in files] == [c.name.replace("pose6d_", "") + ".yaml"]
+        assert pathlib.Path(files[0]).is_file()
+        objects = [a for a in ros if a.startswith("objects:=")]
+        assert len(objects) == 1 and pathlib.Path(objects[0].split(":=", 1)[1]).is_file()
+    assert "model:=/m.onnx" in both[1].argv and 'model:=""' in both[0].argv
+    for off in ("false", "0", "False"):
+        assert [c.name for c in resolve(launch, {"use_detector": off})] == ["pose6d_estimator"]
+    assert [c.name for c in resolve(launch, {"use_detector": "TRUE"})] == ["pose6d_detector", "pose6d_estimator"]
+    est = resolve(launch, {"detections_topic": "/ext/dets", "use_detector": "false"})[0].argv
+    assert "detections_topic:=/ext/dets" in est
+    for bad in ({"use_detector": "yes"}, {"detector": "true"}):
+        try:
+            resolve(launch, bad)
+        except LaunchError as e:
+            assert list(bad)[0] in str(e)
+        else:
+            raise AssertionError(f"{bad} accepted")
