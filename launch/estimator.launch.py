@@ -2,6 +2,10 @@
 
     ros2 launch pose6d_ros estimator.launch.py model:=/path/model.onnx objects:=/path/objects.yaml \
         image_topic:=/camera/color/image_raw camera_info_topic:=/camera/color/camera_info device:=cuda
+
+Where `ros2 launch` is not installed (ROS 2 from PyPI wheels), the same file and arguments run with
+`python -m pose6d_ros.ros.launch_graph launch/estimator.launch.py model:=... detector_model:=...`.
+`use_detector:=false detections_topic:=<topic>` takes boxes from another detector instead.
 """
 
 import os

@@ -204,6 +204,9 @@ def test_without_the_detector_only_the_estimator_runs_on_an_external_detector(
         assert got, f"no poses from the external detections:\n{launched.log()}"
         assert (got[0].header.stamp.sec, got[0].header.stamp.nanosec) == (77, 9)
         assert len(got[0].poses) == 1 and all_finite_pose_array(got[0])
+        launched.proc.send_signal(signal.SIGTERM)  # as a service manager stops it: forwarded to the node
+        launched.proc.wait(timeout=40)
+        assert "SIGTERM received: stopping the nodes" in launched.log()
     finally:
         code = launched.stop()
     assert code == 0, launched.log()
