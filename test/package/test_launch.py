@@ -81,3 +81,22 @@ def test_launch_file_resolves_to_node_command_lines_without_ros2_launch():
             assert list(bad)[0] in str(e)
         else:
             raise AssertionError(f"{bad} accepted")
+
+
+def test_ros_interface_doc_lists_the_launch_arguments():
+    """docs/ros-interface.md's launch-argument table: the file's declared arguments, in order, with
+    their defaults (share directory written ``<share>``) and descriptions."""
+    import re
+
+    from pose6d_ros.ros.launch_graph import _Context, _modules, _perform, load_launch_file, minimal_launch_api, \
+        share_directory
+
+    text = (ROOT / "docs" / "ros-interface.md").read_text()
+    section = text[text.index("## Launch"):]
+    rows = re.findall(r"^\| `(\w+)` \| `([^`]*)` \| (.*) \|$", section, re.M)
+    with _modules(minimal_launch_api()):
+        description = load_launch_file(ROOT / "launch" / "estimator.launch.py")
+    share = share_directory("pose6d_ros")
+    declared = [(d.name, _perform(d.default_value, _Context({})).replace(share, "<share>") or '""', d.description)
+                for d in description.get_launch_arguments()]
+    assert rows == declared
