@@ -63,6 +63,11 @@ class DataSection:
     root: Optional[str] = None
     suite: str = "lm-lite"  # registry of the suite's objects (pose6d_ros.data.suites), unless `registry`
     registry: Optional[str] = None  # path to a registry YAML or BOP models_info.json
+    # the unlabeled target images: a folder of BOP scenes with rgb/ and scene_camera.json (e.g. written by
+    # import_bag); None = root/train
+    train_split: Optional[str] = None
+    # their boxes: a BOP detections JSON (e.g. written by `detect`); None = root/train_detections.json
+    detections: Optional[str] = None
     objects: Optional[Tuple[int, ...]] = None  # object ids, in model-row order; None = all of the registry
     crop_size: int = 64
     # crop window side over the box's longer side, for every crop the run trains and tests on; the
@@ -281,8 +286,9 @@ def check_required(recipe: Recipe, trainer: str) -> None:
 
     - every trainer: ``output_dir``;
     - ``data.root`` (the target-domain suite), when the run reads it: ``selfsup`` always (the
-      unlabeled ``train/`` crops), ``supervised`` with ``supervised.source: real`` (``train_gt/``),
-      ``distill`` unless ``distill.real: none``, and any run with ``eval.final_test`` (``test/``).
+      unlabeled ``train/`` crops) unless ``data.train_split`` and ``data.detections`` give them,
+      ``supervised`` with ``supervised.source: real`` (``train_gt/``), ``distill`` unless ``distill.real:
+      none`` (or ``unlabeled`` from those two keys), and any run with ``eval.final_test`` (``test/``).
       Without it, a ``supervised`` or ``distill`` run has no ``diag/`` monitoring;
     - ``distill.teachers``, for ``distill`` unless ``distill.loss: gt`` without hint.
     """
@@ -291,8 +297,11 @@ def check_required(recipe: Recipe, trainer: str) -> None:
     need = [("output_dir", "where the run writes", recipe.output_dir, " or --output-dir")]
     reads = {"selfsup": "the unlabeled train/ crops", "supervised": "the train_gt/ labels (supervised.source: real)",
              "distill": f"the train/ crops (distill.real: {recipe.distill.real})"}[trainer]
-    if trainer == "selfsup" or (trainer == "supervised" and recipe.supervised.source == "real") \
-            or (trainer == "distill" and recipe.distill.real != "none"):
+    # unlabeled crops given as data.train_split + data.detections need no suite
+    own_unlabeled = bool(recipe.data.train_split and recipe.data.detections)
+    if (trainer == "selfsup" and not own_unlabeled) or (trainer == "supervised" and recipe.supervised.source == "real") \
+            or (trainer == "distill" and recipe.distill.real != "none"
+                and not (recipe.distill.real == "unlabeled" and own_unlabeled)):
         need.append(("data.root", reads, recipe.data.root, ""))
     if recipe.eval.final_test:
         need.append(("data.root", "the test/ split (eval.final_test)", recipe.data.root, ""))

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 import yaml
 
-from pose6d_ros._checks import run_cli
+from pose6d_ros._checks import InputError, run_cli
 from pose6d_ros._io import atomic_write_json, atomic_write_text
+from pose6d_ros.data.bop import list_scenes
 from pose6d_ros.data.target_crops import TargetCrops, first_per_object, items_from_detections, items_from_split
 from pose6d_ros.evaluation.evaluate import diagnostic_eval, predict_split, score_predictions, write_outputs
 from pose6d_ros.evaluation.tables import format_markdown
@@ -82,7 +83,8 @@ class Run:
         S = data.crop_size
         # data.root is required (check_required) wherever the run reads it; without it, no diag/
         self.root = Path(data.root) if data.root else None
-        self.train_split = self.root / "train" if self.root else None
+        # the unlabeled images: data.train_split (e.g. written by import_bag), else the suite's train/
+        self.train_split = Path(data.train_split) if data.train_split else (self.root / "train" if self.root else None)
         self.test_split = self.root / "test" if self.root else None
         self.diag: Optional[Dict[str, torch.Tensor]] = None
         diag_split = self.root / "diag" if self.root else None
@@ -102,15 +104,31 @@ class Run:
     def target_crops(self, labelled: bool) -> TargetCrops:
         """Training crops of the target domain: unlabeled (self-supervised) or with the withheld
         ``train_gt`` labels (the real-label upper bound)."""
-        S = self.recipe.data.crop_size
-        jit = self.recipe.data.box_jitter
-        jitter = (jit.shift, jit.scale) if jit is not None else None
+        data = self.recipe.data
+        jitter = (data.box_jitter.shift, data.box_jitter.scale) if data.box_jitter is not None else None
+        if data.train_split and not list_scenes(self.train_split):
+            raise InputError(f"recipe key 'data.train_split': {self.train_split}: no BOP scenes (folders with "
+                             "rgb/ and scene_camera.json, as import_bag writes)")
         if labelled:
             items = items_from_split(self.root / "train_gt", self.objects.ids)
         else:
-            items = items_from_detections(self.root / "train_detections.json", self.objects.ids)
-        return TargetCrops(self.train_split, items, self.objects, S, padding=self.recipe.data.crop_padding,
-                           jitter=jitter)
+            # the boxes of the unlabeled images: data.detections (e.g. written by `detect`), else the suite's
+            key, path = ("data.detections", Path(data.detections)) if data.detections else \
+                ("data.root", self.root / "train_detections.json")
+            if not path.is_file():
+                raise InputError(f"recipe key '{key}': {path}: no such file (the boxes of the unlabeled "
+                                 "images in BOP detection format, e.g. written by detect)")
+            items = items_from_detections(path, self.objects.ids)
+            if not items:
+                raise InputError(f"recipe key '{key}': {path}: no detections of the run's objects {self.objects.ids}")
+        crops = TargetCrops(self.train_split, items, self.objects, data.crop_size, padding=data.crop_padding,
+                            jitter=jitter)
+        images = set(crops.ds.images)
+        stray = next((it for it in items if (it.scene_id, it.im_id) not in images), None)
+        if stray is not None:  # now, not at the step that draws it
+            raise InputError(f"scene {stray.scene_id} image {stray.im_id} of the boxes is not an image of "
+                             f"{self.train_split}" + ("" if labelled else f" ({key} {path})"))
+        return crops
 
     def trainer(self, step_fn: Callable[[Trainer, Any], StepOutput], batches, extra_hooks=()) -> Trainer:
         r = self.recipe
