@@ -157,3 +157,37 @@ def test_detect_bad_input_is_one_line(case, bag_split, tiny_checkpoint, objects_
     assert len(err) == 1 and err[0].startswith("detect: error: ")
     assert {"model": str(model), "empty_split": str(split), "bad_limit": "--limit"}[case] in err[0]
     assert not out.exists()
+
+
+def test_bag_then_detect_then_train_selfsup(bag_split, tiny_checkpoint, objects_yaml, tmp_path, caplog):
+    """The user's chain of issue 13: import_bag -> detect -> train_selfsup on the detector's boxes (the
+    object trained is the one the tiny detector reports most; 2 steps)."""
+    import torch
+    import yaml
+
+    from pose6d_ros.training.selfsup import main as selfsup_main
+
+    dets = tmp_path / "dets.json"
+    assert main(["--model", str(tiny_checkpoint), "--objects", str(objects_yaml), "--split", str(bag_split),
+                 "--out", str(dets), "--min-score", "0", "--max-per-class", "1", "--threads", "1",
+                 "--no-progress"]) == 0
+    ids = [e["category_id"] for e in json.loads(dets.read_text())]
+    obj = max(set(ids), key=ids.count)
+    recipe = {"seed": 0, "threads": 1, "output_dir": str(tmp_path / "run"),
+              "data": {"train_split": str(bag_split), "detections": str(dets), "registry": str(objects_yaml),
+                       "objects": [obj], "crop_size": 32, "batch_size": 2, "synthetic_cache_dir": None,
+                       "diag_per_object": 0},
+              "model": {"backbone": "mobilenet_v3_small", "head_pool": 2}, "optim": {"max_steps": 2},
+              "init": {"synthetic": {"steps": 0}, "adapt_bn_epochs": 0, "freeze_early_steps": 0},
+              "selfsup": {"use_sup_synthetic": False, "use_percep": False, "render": {"max_faces": 300}},
+              "eval": {"final_test": False}, "log": {"tensorboard": False, "progress": False},
+              "checkpoint": {"period": 0}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    caplog.set_level("INFO", logger="pose6d_ros.training")
+    threads = torch.get_num_threads()
+    try:
+        assert selfsup_main(["-c", str(tmp_path / "recipe.yaml")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert f"self-supervised: {ids.count(obj)} unlabeled crops" in caplog.text
+    assert (tmp_path / "run" / "model.pt").is_file()

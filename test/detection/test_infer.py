@@ -258,3 +258,19 @@ def test_detection_takes_the_counted_gt_before_a_less_visible_one(tmp_path):
                             min_visib_fract=0.3).classes[1]
     np.testing.assert_allclose(c.ap, [1.0] * 7 + [0.0] * 3, atol=1e-12)
     np.testing.assert_allclose(c.recall, [1.0] * 7 + [0.0] * 3)
+
+
+def test_evaluate_detector_runs_unthresholded_on_the_chosen_images(split, tiny_checkpoint, registry):
+    from pose6d_ros.detection.infer import evaluate_detector
+
+    det = Detector.from_file(tiny_checkpoint, min_score=0.3, expect_names=registry.names)
+    rep, dets = evaluate_detector(det, split, registry, min_score=0.3, min_visib_fract=0.1, max_images=1)
+    assert det.min_score == 0.3  # restored
+    assert rep.n_images == 1 and {(d.scene_id, d.im_id) for d in dets} <= {(1, 0)}
+    from pose6d_ros.data.bop import load_rgb
+
+    unthresholded = Detector.from_file(tiny_checkpoint, min_score=0.0).detect(load_rgb(split, 1, 0))
+    assert len(dets) == len(unthresholded)  # AP sees the low-scoring detections too
+    # image (1, 0): objects 1 and 2 counted, object 3 only 5% visible, object 99 no class of the detector
+    assert (rep.classes[1].n_gt, rep.classes[2].n_gt, rep.classes[3].n_ignored) == (1, 1, 1)
+    assert 99 not in rep.classes and all(0.0 <= c.ap_mean <= 1.0 for c in rep.classes.values() if c.n_gt)
