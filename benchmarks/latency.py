@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/latency.py [--frames 30] [--crop-size 64] [--threads 2] [--backbone resnet18]
     .venv/bin/python benchmarks/latency.py --threads 1 --accuracy-only \
         --accuracy-model runs/quick_demo/synthetic/model.pt        # backends' accuracy on lm-lite test
+    .venv/bin/python benchmarks/latency.py --threads 1 --detector-only [--detector runs/detector.pt]
 
 Per frame: a 640x480 uint8 RGB image, a distorted camera, 1 / 5 / 13 detections of mixed classes
 (lm-lite registry), Φ (default ResNet-18 + CIN, untrained weights: latency does not depend on
@@ -12,6 +13,12 @@ network, the ORT/torch speed-up, and the process CPU time per frame (less sensit
 processes on a shared machine; ORT's threads do not spin-wait by default here). Frames alternate
 between backends so that load from other processes hits both alike. The ONNX Runtime variants tried
 are timed too, on the network alone, with the fp32 throughput (GFLOP/s) beside a same-run sgemm.
+
+The detector (the detector node's work per image) is timed last, on 640x480 uint8 RGB frames: ours
+(``--detector`` checkpoint, else a random-init one of the default architecture) in torch eager, and in
+ONNX Runtime when ``torch.onnx.export`` (TorchScript exporter, opset 17) exports it; each as a ratio
+to torchvision's ``fasterrcnn_mobilenet_v3_large_320_fpn`` (random init, eager, its own 320-pixel
+input), timed in the same run with the frames alternating between models.
 
 The INT8 graph is calibrated on real crops: the Estimator's crops of lm-lite's unlabeled train
 images (``--calibration-split``), or synthetic renders when that split is not built. With
@@ -194,6 +201,110 @@ def accuracy(args) -> None:
               f"{mean['2D proj 5px']:13.1f} | {sum(p.failed for p in preds[name])}")
 
 
+def _time_frames(models: dict, frames: list, warmup: int) -> dict:
+    """``{name: (wall ms list, CPU ms list)}`` of ``models[name](image)`` over ``frames`` (the first
+    ``warmup`` untimed); frames alternate between models so that outside load hits all alike."""
+    out = {k: ([], []) for k in models}
+    for i, image in enumerate(frames):
+        for name, fn in models.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn(image)
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            if i >= warmup:
+                out[name][0].append(dt * 1e3)
+                out[name][1].append(dc * 1e3)
+    return out
+
+
+def _export_detector_onnx(model: torch.nn.Module, path: Path, size: tuple) -> str:
+    """Export the torchvision Faster R-CNN for one ``(3, H, W)`` float image in [0, 1] (the fixed
+    ``size``); returns "" or the one-line reason it failed."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # the tracer's TracerWarnings on the detection heads' Python logic
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, ([torch.rand(3, *size)],), str(path), opset_version=17, dynamo=False,
+                              input_names=["image"], output_names=["boxes", "labels", "scores"])
+        return ""
+    except Exception as e:  # noqa: BLE001 - reported in the output, not hidden
+        return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+
+
+def detector_latency(args, registry: ObjectRegistry) -> None:
+    """Per 640x480 frame: our detector in torch eager and ONNX Runtime against torchvision's
+    fasterrcnn_mobilenet_v3_large_320_fpn (see the module docstring)."""
+    import inspect
+
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+
+    from pose6d_ros.detection.infer import Detector, box_iou
+    from pose6d_ros.detection.model import DetectorSpec, build_from_spec, load_detector
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.detector:
+        model, spec, _ = load_detector(args.detector, "cpu")
+        source = args.detector
+    else:
+        spec = DetectorSpec(object_ids=tuple(registry.ids), object_names=tuple(registry.names))
+        random_init = {"pretrained": False} if "pretrained" in inspect.signature(build_from_spec).parameters else {}
+        model = build_from_spec(spec, **random_init).eval()
+        source = "random init"
+    ours = Detector(model, spec, "cpu", min_score=args.detector_min_score)
+    reference = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None).eval()
+
+    def run_reference(image):
+        with torch.no_grad():
+            reference([torch.from_numpy(image).permute(2, 0, 1).float() / 255.0])
+
+    models = {"reference: tv mobilenet_v3 320 fpn": run_reference, "ours, torch eager": ours.detect}
+    tmp = Path(tempfile.mkdtemp(prefix="pose6d_det_latency_"))
+    failure = _export_detector_onnx(ours.model, tmp / "detector.onnx", (480, 640))
+    rng = np.random.default_rng(1)
+    frames = [frame(0, registry, rng)[0] for _ in range(args.warmup + args.frames)]
+    agreement = ""
+    if not failure:
+        sess = _ort_variant(tmp / "detector.onnx", args.threads)
+
+        def run_ort(image):
+            x = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255.0
+            boxes, labels, scores = sess.run(None, {"image": x})
+            keep = scores >= ours.min_score
+            return boxes[keep], labels[keep], scores[keep]
+
+        models["ours, ONNX Runtime"] = run_ort
+        # The same frame both ways: boxes of the ORT graph that eager torch also found (IoU > 0.99, same
+        # class). Near-equal scores of an untrained head may swap ranks at the 100-box cut.
+        with torch.no_grad():
+            eager = ours.model([torch.from_numpy(frames[0]).permute(2, 0, 1).float() / 255.0])[0]
+        boxes, labels, scores = sess.run(None, {"image": frames[0].transpose(2, 0, 1).astype(np.float32) / 255.0})
+        iou = box_iou(torch.from_numpy(boxes).double(), eager["boxes"].double())
+        same = (iou > 0.99) & (torch.from_numpy(labels)[:, None] == eager["labels"][None])
+        n = min(10, len(scores), len(eager["scores"]))
+        top = float(np.abs(np.sort(scores)[::-1][:n] - eager["scores"].numpy()[:n]).max()) if n else 0.0
+        agreement = (f"ORT vs eager on one frame: {len(boxes)} / {len(eager['boxes'])} boxes, "
+                     f"{100 * float(same.any(1).double().mean()) if len(boxes) else 100:.0f}% of ORT's found by eager "
+                     f"(IoU > 0.99, same class), top-{n} scores max |diff| {top:.1e}")
+    times = _time_frames(models, frames, args.warmup)
+    arch = f"{spec.arch}, input {spec.min_size}/{spec.max_size} px, box head {spec.box_head_dim}"
+    print(f"\n# detector per 640x480 frame on the CPU, {args.threads} thread(s), {args.frames} frames: ours {arch} "
+          f"({source}); reference torchvision fasterrcnn_mobilenet_v3_large_320_fpn, random init, eager, "
+          f"input 320/640 px (the same frames, alternating)")
+    print(f"# load average: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs)")
+    if failure:
+        print(f"# ONNX export failed (torch.onnx.export, TorchScript exporter, opset 17): {failure}")
+    else:
+        print(f"# ONNX: torch.onnx.export, TorchScript exporter, opset 17, input fixed at 3x480x640; {agreement}")
+    ref_wall = statistics.median(times["reference: tv mobilenet_v3 320 fpn"][0])
+    ref_cpu = statistics.median(times["reference: tv mobilenet_v3 320 fpn"][1])
+    print(f"{'model':<36} | {'median ms':>9} | {'p90 ms':>7} | {'x reference':>11} | {'CPU ms':>7} | x ref CPU")
+    for name, (wall, cpu) in times.items():
+        med, c = statistics.median(wall), statistics.median(cpu)
+        print(f"{name:<36} | {med:9.1f} | {float(np.percentile(wall, 90)):7.1f} | {med / ref_wall:10.2f}x "
+              f"| {c:7.1f} | {c / ref_cpu:.2f}x")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=30, help="timed frames per backend and detection count")
@@ -212,6 +323,11 @@ def main(argv=None) -> int:
                    help="boxes of the calibration images (BOP detections JSON; empty: the split's GT boxes)")
     p.add_argument("--calibration-crops", type=int, default=256)
     p.add_argument("--accuracy-only", action="store_true", help="skip the latency tables")
+    p.add_argument("--detector", default=None, metavar="PATH",
+                   help="detector checkpoint to time (default: a random-init detector of the default architecture)")
+    p.add_argument("--detector-min-score", type=float, default=0.5, help="the detector node's min_score (0.5)")
+    p.add_argument("--detector-only", action="store_true", help="only the detector table")
+    p.add_argument("--no-detector", action="store_true", help="skip the detector table")
     args = p.parse_args(argv)
     args.calibration_detections = args.calibration_detections or None
     if args.accuracy_only:
@@ -221,6 +337,9 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     registry = ObjectRegistry.from_yaml(ROOT / "config" / "objects_lm_lite.yaml")
+    if args.detector_only:
+        detector_latency(args, registry)
+        return 0
     camera = CameraModel(K=np.array([[572.4, 0, 325.3], [0, 573.6, 242.0], [0, 0, 1]]), width=640, height=480,
                          distortion_model="plumb_bob", D=np.array([-0.1, 0.02, 0.0005, -0.0005, 0.0]))
     torch.manual_seed(0)
@@ -308,6 +427,8 @@ def main(argv=None) -> int:
         first = statistics.median(t_ort[next(iter(sessions))][args.warmup:]) * 1e3
         flops = [2 * macs * n / (ms * 1e-3) / 1e9 for ms in (mt, first)]
         print(f"{n:>5} | {mt:8.1f} | " + " | ".join(cells) + f" | [{flops[0]:.0f} / {flops[1]:.0f} GFLOP/s]")
+    if not args.no_detector:
+        detector_latency(args, registry)
     if args.accuracy_model:
         accuracy(args)
     print(f"# load average at end: {os.getloadavg()[0]:.1f}")
