@@ -36,6 +36,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -303,7 +304,7 @@ def executable_command(package: str, executable: str) -> List[str]:
     try:
         scripts = metadata.entry_points(group="console_scripts")
         match = [ep for ep in scripts if ep.name == executable and ep.dist is not None
-                 and ep.dist.metadata["Name"].replace("-", "_") == package.replace("-", "_")]
+                 and ep.dist.metadata["Name"].replace("-", "_").lower() == package.replace("-", "_").lower()]
     except Exception:  # noqa: BLE001 - broken metadata elsewhere in the environment: fall through
         match = []
     if match:
@@ -335,9 +336,15 @@ def _ros_value(value: Any) -> str:
     ``-p`` reads back exactly that value (rcl refuses ``-p name:=`` with nothing after it)."""
     if isinstance(value, str):
         value = _yaml_scalar(value)
-    if isinstance(value, str) and value.strip() and "\n" not in value and _yaml_scalar(value) == value:
-        return value  # reads back as itself: keep the command line readable
+    if isinstance(value, str) and _PLAIN.fullmatch(value) and not value.lower().startswith(_RCL_WORDS):
+        return value  # a path, topic or word rcl reads back as this string: keep the command line readable
     return json.dumps(value)  # quoted string; bool -> true/false; numbers; lists: JSON is YAML flow style
+
+
+#: strings written unquoted after ``-p name:=``: no character YAML or rcl's number parsing could read
+#: otherwise, and (``_RCL_WORDS``) not a word rcl takes for a bool, null, or a float (strtod: inf, nan)
+_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_./-]*")
+_RCL_WORDS = ("y", "n", "true", "false", "on", "off", "null", "inf", "nan")
 
 
 def _parameter_value(value: Any, context: _Context) -> Any:

@@ -270,3 +270,32 @@ def test_a_node_that_cannot_start_stops_the_graph_with_its_exit_code(graph_files
     assert f"[pose6d_estimator] pose6d_estimator: error: ONNX model {missing} does not exist" in log
     assert "launch_graph: error: node 'pose6d_estimator' exited with code 2; stopping the others" in log
     assert len(launched.node_pids()) == 2  # the detector was started, and stop() found it gone
+
+
+def test_parameter_values_reach_rcl_with_launch_ros_types(ros_context):
+    """A launch argument's string becomes the parameter launch_ros would set (its YAML reading: PyYAML,
+    YAML 1.1), and rcl's own parser of ``-p`` reads that value back, also where rcl alone would read it
+    otherwise (``1e5`` a float, ``inf``, an empty value refused)."""
+    import rclpy
+    from rclpy.node import Node
+
+    from pose6d_ros.ros.launch_graph import _ros_value
+
+    cases = {"": "", "cpu": "cpu", "/camera/image_raw": "/camera/image_raw", "/a b/c:d.yaml": "/a b/c:d.yaml",
+             "true": True, "False": False, "yes": True, "5": 5, "1.5": 1.5, "1e5": "1e5", "inf": "inf",
+             "nan": "nan", "none": "none", "null": "null", "x: y": "x: y", "a # b": "a", "'quoted'": "quoted",
+             "[1, 2]": [1, 2]}
+    args = ["node", "--ros-args"]
+    for i, text in enumerate(cases):
+        args += ["-p", f"p{i}:={_ros_value(text)}"]
+    ctx = rclpy.context.Context()
+    rclpy.init(args=args, context=ctx)
+    try:
+        node = Node("values", context=ctx, automatically_declare_parameters_from_overrides=True)
+        for i, (text, want) in enumerate(cases.items()):
+            got = node.get_parameter(f"p{i}").value
+            got = list(got) if not isinstance(got, (str, bool, int, float)) else got
+            assert got == want and type(got) is type(want), (text, got, want)
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
