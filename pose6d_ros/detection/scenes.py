@@ -2,14 +2,33 @@
 
 This is the detector's source domain. Each object is rendered alone by ``rendering.render`` in hard
 mode (vertex colours, random Lambert light); the objects of a frame are composited per pixel by
-depth (nearest wins), over random non-photographic backgrounds (``data.synthetic.random_backgrounds``),
-then colour-jittered, noised and blurred (``data.augment.color_augment``). pyrender is never used
-here: it plays the "real" camera (``data.simreal``).
+depth (nearest wins). pyrender is never used here: it plays the "real" camera (``data.simreal``).
+
+What makes the frames realistic enough to carry over to camera images:
+
+- **Photo backgrounds.** Most frames (``photo_prob``) lie on a random window of a photograph
+  (``data.simreal.load_photos`` / ``crop_photo``: textured, natural statistics, edges that are no
+  object); the rest on non-photographic noise (``data.synthetic.random_backgrounds``), so the
+  detector cannot key on "photo = background".
+- **Clutter and occlusion.** 1-5 objects per frame at random depths occlude each other; random
+  distractor shapes (ellipses and quadrilaterals textured with photo windows or flat colour) lie
+  behind the objects or, with ``distractor_front``, in front of them and hide parts (non-object
+  occluders, as on a real table). Boxes are the *visible* parts either way.
+- **Light.** A random Lambert light per group of frames, random ambient and gain.
+- **The camera.** Each frame goes through ``data.simreal.degrade``, the camera model of the
+  simulated real domain, with parameters drawn by ``data.simreal.sample_frames`` from an
+  ``APPEARANCE`` preset (default ``"hard"``): motion blur, exposure and clipped highlights, white
+  balance, saturation, gamma, vignetting, optical blur, a lower effective resolution, sensor noise,
+  Bayer demosaicing and JPEG.
+
+The photos are the ones the simulated real test split is built on (other windows of them): the
+real-image benchmark (LM-O) is the check that this does not flatter the detector.
 
 Boxes are taken from the composited masks, so they are the *visible* boxes (BOP's ``bbox_visib``);
 amodal boxes (``bbox_obj``, clipped to the image) come from each object's own silhouette.
-The objects, poses and boxes of frame ``i`` depend only on ``(seed, i)`` (lighting and backgrounds
-on the batch); a batch renders in one pass per light group.
+Frame ``i`` depends only on ``(seed, i)`` (objects, poses, light, background, distractors, camera),
+whatever batch it is rendered in, except the optional batch-level ``color_augment`` (``augment``);
+a batch renders in one pass per light group (frames ``i`` with the same ``i // light_group``).
 """
 
 from __future__ import annotations
@@ -21,7 +40,8 @@ import numpy as np
 import torch
 
 from pose6d_ros.data.augment import ColorAugmentConfig, color_augment
-from pose6d_ros.data.simreal import LINEMOD_K, look_at_rotation, sample_view_dirs
+from pose6d_ros.data.simreal import (APPEARANCE, LINEMOD_K, RealDomainConfig, crop_photo, degrade, load_photos,
+                                     look_at_rotation, sample_frames, sample_view_dirs)
 from pose6d_ros.data.synthetic import random_backgrounds
 from pose6d_ros.registry import ObjectRegistry
 from pose6d_ros.rendering.mesh import pack_objects
@@ -53,8 +73,15 @@ class SceneConfig:
         min_visible_px: objects with fewer visible pixels get no box (and are left as clutter).
         min_visib_fract: likewise for the visible fraction of the object's own silhouette.
         ambient, light_gain: Lambert lighting ranges (as ``data.synthetic.SyntheticConfig``).
-        light_group: frames sharing one lighting draw (the renderer takes one light per call).
-        augment: apply ``data.augment.color_augment``.
+        light_group: frames ``i`` with the same ``i // light_group`` share one lighting draw (the
+            renderer takes one light per call).
+        photo_prob: fraction of frames on a photo background (the rest on random noise).
+        distractors: inclusive range of distractor shapes per frame.
+        distractor_px: range of a distractor's size (pixels of its longer axis).
+        distractor_front: chance that a distractor lies in front of the objects (occluding them).
+        appearance: ``data.simreal.APPEARANCE`` preset of the camera effects (``degrade``) applied
+            to every frame; ``None``: none.
+        augment: apply ``data.augment.color_augment`` to the batch (after the camera effects).
     """
 
     image_size: tuple[int, int] = (240, 320)
@@ -69,6 +96,11 @@ class SceneConfig:
     ambient: tuple[float, float] = (0.3, 0.7)
     light_gain: tuple[float, float] = (0.7, 1.3)
     light_group: int = 4
+    photo_prob: float = 0.7
+    distractors: tuple[int, int] = (0, 3)
+    distractor_px: tuple[float, float] = (20.0, 90.0)
+    distractor_front: float = 0.3
+    appearance: str | None = "hard"
     augment: bool = True
 
     def intrinsics(self) -> np.ndarray:
@@ -162,9 +194,27 @@ class DetectionScenes:
         lo, hi = self.cfg.objects_per_frame
         if not 1 <= lo <= hi:
             raise ValueError(f"SceneConfig.objects_per_frame: expected 1 <= lo <= hi, got {self.cfg.objects_per_frame}")
+        if self.cfg.appearance is not None and self.cfg.appearance not in APPEARANCE:
+            raise ValueError(f"SceneConfig.appearance must be one of {sorted(APPEARANCE)} or None, "
+                             f"got {self.cfg.appearance!r}")
+        lo, hi = self.cfg.distractors
+        if not 0 <= lo <= hi:
+            raise ValueError(f"SceneConfig.distractors: expected 0 <= lo <= hi, got {self.cfg.distractors}")
         self.meshes = pack_objects(list(registry), device=self.device)  # mesh index == registry.index_of(id)
         self.diameters = registry.diameters()
         self.K = self.cfg.intrinsics()
+        H, W = self.cfg.image_size
+        # the simulated real domain's sampler draws each frame's photo window and camera effects
+        self.camera = RealDomainConfig(width=W, height=H, **APPEARANCE[self.cfg.appearance or "standard"])
+        self._photos: list[np.ndarray] | None = None
+
+    @property
+    def photos(self) -> list[np.ndarray]:
+        """``data.simreal.load_photos``, loaded on first use."""
+        if self._photos is None:
+            H, W = self.cfg.image_size
+            self._photos = load_photos(W, H)
+        return self._photos
 
     @property
     def max_objects(self) -> int:
@@ -194,6 +244,47 @@ class DetectionScenes:
                                         np.deg2rad(rng.uniform(-cfg.inplane_deg, cfg.inplane_deg, m)))
         return idx, R, t
 
+    def _frame_layers(self, i: int, cam) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Frame ``i``'s background ``(H, W, 3)``, distractor colours ``(H, W, 3)`` (float32 in [0, 1])
+        and the distractors' masks behind and in front of the objects ``(H, W)`` bool.
+
+        ``cam`` is the frame's ``data.simreal.FrameSpec`` (its photo window is the background)."""
+        import cv2
+
+        cfg = self.cfg
+        H, W = cfg.image_size
+        rng = np.random.default_rng([self.seed, int(i), 11])
+        if rng.random() < cfg.photo_prob:
+            bg = crop_photo(self.photos[cam.photo], cam.photo_box, W, H)
+        else:
+            bg = random_backgrounds(1, max(H, W), rng)[0, :, :H, :W].permute(1, 2, 0).numpy()
+        shapes = np.zeros((H, W, 3), np.float32)
+        behind = np.zeros((H, W), bool)
+        before = np.zeros((H, W), bool)
+        for _ in range(int(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1))):  # a few shapes
+            size = rng.uniform(*cfg.distractor_px)
+            cx, cy = rng.uniform(0, W), rng.uniform(0, H)
+            mask = np.zeros((H, W), np.uint8)
+            if rng.random() < 0.5:
+                axes = (max(1, int(size / 2)), max(1, int(size / 2 * rng.uniform(0.3, 1.0))))
+                cv2.ellipse(mask, (int(cx), int(cy)), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+            else:
+                ang = np.sort(rng.uniform(0, 2 * np.pi, 4))
+                rad = size / 2 * rng.uniform(0.5, 1.0, 4)
+                pts = np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], 1).round().astype(np.int32)
+                cv2.fillPoly(mask, [pts], 1)
+            m = mask.astype(bool)
+            if rng.random() < 0.6:  # a window of a photo, else a flat colour
+                tex = crop_photo(self.photos[int(rng.integers(len(self.photos)))],
+                                 (float(rng.random()), float(rng.random()), float(rng.uniform(0.1, 0.5)), False), W, H)
+                shapes[m] = tex[m]
+            else:
+                shapes[m] = rng.random(3)
+            front = rng.random() < cfg.distractor_front
+            (before if front else behind)[m] = True
+            (behind if front else before)[m] = False
+        return bg.astype(np.float32), shapes, behind, before
+
     def batch(self, indices: Sequence[int]) -> SceneBatch:
         """Render frames ``indices`` (see :class:`SceneBatch`)."""
         indices = [int(i) for i in indices]
@@ -207,18 +298,17 @@ class DetectionScenes:
         R = torch.as_tensor(R_np, dtype=torch.float32, device=dev)
         t = torch.as_tensor(t_np, dtype=torch.float32, device=dev)
         Kt = torch.as_tensor(self.K, dtype=torch.float32, device=dev)
-        rng = np.random.default_rng([self.seed, indices[0], n, 7])
-
         rgb = torch.zeros(n, M, 3, H, W, device=dev)
         depth = torch.full((n, M, H, W), float("inf"), device=dev)
-        for s in range(0, n, cfg.light_group):  # the renderer takes one light per call
-            f = torch.arange(s, min(s + cfg.light_group, n), device=dev)
-            occupied = idx[f] >= 0  # (g, M)
-            fi, si = torch.nonzero(occupied, as_tuple=True)
+        groups = np.asarray(indices) // cfg.light_group
+        for key in dict.fromkeys(groups.tolist()):  # the renderer takes one light per call
+            f = torch.as_tensor(np.nonzero(groups == key)[0], device=dev)
+            lrng = np.random.default_rng([self.seed, int(key), 7])
+            fi, si = torch.nonzero(idx[f] >= 0, as_tuple=True)
             fi = f[fi]
-            ld = rng.normal(size=3)
+            ld = lrng.normal(size=3)
             ld[2] = abs(ld[2]) + 0.5
-            amb, gain = float(rng.uniform(*cfg.ambient)), float(rng.uniform(*cfg.light_gain))
+            amb, gain = float(lrng.uniform(*cfg.ambient)), float(lrng.uniform(*cfg.light_gain))
             settings = RenderSettings(hard=True, light_direction=tuple(ld / np.linalg.norm(ld)),
                                       ambient=amb * gain, diffuse=(1 - amb) * gain)
             out = render(self.meshes, idx[fi, si], R[fi, si], t[fi, si], Kt.expand(len(fi), 3, 3), (H, W), settings)
@@ -228,14 +318,23 @@ class DetectionScenes:
 
         near, front = depth.min(1)  # (n, H, W): nearest object wins the pixel
         covered = torch.isfinite(near)
-        labels = torch.where(covered, front + 1, torch.zeros_like(front))
         own = torch.isfinite(depth)  # (n, M, H, W) each object's own silhouette
-        visible = labels[:, None] == torch.arange(1, M + 1, device=dev)[None, :, None, None]
         fg = torch.gather(rgb, 1, front[:, None, None].expand(n, 1, 3, H, W))[:, 0]
-        bg = random_backgrounds(n, max(H, W), rng, device=dev)[..., :H, :W]
-        images = torch.where(covered[:, None], fg, bg)
+        cams = sample_frames(self.registry, self.registry.ids[0], indices, self.camera, self.seed, clutter=False)
+        # per frame (photo windows and shapes are OpenCV calls): background, distractors, their masks
+        bg, shapes, behind, before = (torch.from_numpy(np.stack(x)).to(dev) for x in
+                                      zip(*(self._frame_layers(i, cam) for i, cam in zip(indices, cams))))
+        bg, shapes = bg.permute(0, 3, 1, 2), shapes.permute(0, 3, 1, 2)
+        images = torch.where(covered[:, None], fg, torch.where(behind[:, None], shapes, bg))
+        images = torch.where(before[:, None], shapes, images)
+        labels = torch.where(covered & ~before, front + 1, torch.zeros_like(front))
+        visible = labels[:, None] == torch.arange(1, M + 1, device=dev)[None, :, None, None]
+        if cfg.appearance is not None:  # the camera, per frame (OpenCV on NumPy images)
+            frames = images.permute(0, 2, 3, 1).cpu().numpy()
+            images = torch.from_numpy(np.stack([degrade(fr, cam, self.camera) for fr, cam in zip(frames, cams)]))
+            images = (images.permute(0, 3, 1, 2).float() / 255.0).to(dev)
         if cfg.augment:
-            g = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+            g = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, indices[0], n, 7]).integers(2 ** 62)))
             images = color_augment(images.cpu(), ColorAugmentConfig(), generator=g).to(dev)
 
         px_visible = visible.sum((-1, -2))

@@ -215,7 +215,7 @@ def _with_same_padding(module: nn.Module) -> nn.Module:
 
 
 @register_backbone("efficientnet_lite0")
-def efficientnet_lite0(*, small_input: bool = False, pretrained: bool = True) -> Backbone:
+def efficientnet_lite0(*, small_input: bool = False, pretrained: bool = True, weights: str | None = None) -> Backbone:
     """EfficientNet-Lite0 trunk (``efficientnet-lite-pytorch``): stem, 16 MBConv blocks and the
     1x1 head conv, 1280 channels, stride 32 (16 with ``small_input``, which makes the stem stride 1,
     as for MobileNetV3). ReLU6, no squeeze-excitation; TensorFlow "SAME" padding computed from the
@@ -229,6 +229,8 @@ def efficientnet_lite0(*, small_input: bool = False, pretrained: bool = True) ->
         small_input: stem stride 1 (a 64 px crop ends on 4 x 4).
         pretrained: start from the ImageNet weights (sha256-checked, from the pinned package);
             ``False`` gives the same trunk randomly initialised (the package's initialisation).
+        weights: another copy of the ``.pth`` file (it must carry the same sha256); default: the
+            pinned package's.
 
     Input: RGB scaled to ``[-1, 1]`` (``input_mean = input_std = 0.5``), the weights' convention.
     """
@@ -237,7 +239,7 @@ def efficientnet_lite0(*, small_input: bool = False, pretrained: bool = True) ->
     # image_size=None: "SAME" padding from each input's size (static padding would fix it at 224 px)
     net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
     if pretrained:
-        net.load_state_dict(efficientnet_lite0_state_dict(), strict=True)
+        net.load_state_dict(efficientnet_lite0_state_dict(weights), strict=True)
     if small_input:
         net._conv_stem.stride = (1, 1)
     _with_same_padding(net)

@@ -83,3 +83,78 @@ def test_cli_result_file_and_bad_checkpoint(tiny_checkpoint, tmp_path, capsys, o
     assert main(["--objects", str(objects_yaml), "--out", str(bad), "--steps", "3", "--resume", *tiny_args]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and str(bad) in err[0], err
+
+
+# ---------------------------------------------------------------- recipes, resume, progress, TensorBoard
+
+def _smoke():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[2] / "training" / "detector_smoke.yaml"
+
+
+def test_recipe_unknown_key_or_bad_value_is_one_line_naming_it(tmp_path, capsys, objects_yaml):
+    bad = tmp_path / "r.yaml"
+    bad.write_text(_smoke().read_text() + "stepz: 4\n")
+    out = tmp_path / "d.pt"
+    assert main(["--recipe", str(bad), "--objects", str(objects_yaml), "--out", str(out)]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "'stepz'" in err[0] and str(bad) in err[0], err
+    for text, name in (("scene:\n  photo_probability: 0.5\n", "'photo_probability'"),
+                       ("batch: two\n", "'batch'"), ("image_size: [96]\n", "'image_size'"),
+                       ("arch: yolo\n", "'arch'")):
+        bad.write_text(text)
+        assert main(["--recipe", str(bad), "--objects", str(objects_yaml), "--out", str(out)]) == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and name in err[0] and str(bad) in err[0], err
+    assert not out.exists()
+
+
+def test_recipe_values_and_command_line_overrides(tmp_path, objects_yaml):
+    import yaml
+
+    from pose6d_ros.detection.train import parse_args, scene_config
+
+    args = parse_args(["--recipe", str(_smoke()), "--objects", str(objects_yaml), "--out", str(tmp_path / "d.pt"),
+                       "--steps", "7", "--scene", "photo_prob=0.25"])
+    recipe = yaml.safe_load(_smoke().read_text())
+    assert args.steps == 7 and args.batch == recipe["batch"] and tuple(args.image_size) == tuple(recipe["image_size"])
+    cfg = scene_config(args)
+    assert cfg.photo_prob == 0.25 and cfg.object_px == tuple(recipe["scene"]["object_px"])
+    assert cfg.image_size == tuple(recipe["image_size"]) and cfg.augment is False
+    # the default recipe names only options that exist
+    default = parse_args(["--recipe", str(_smoke().with_name("detector_lm_lite.yaml")), "--objects", "x", "--out", "y"])
+    assert default.arch == "efficientnet_lite0_fpn" and default.steps > 100
+
+
+def test_resume_after_a_stop_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, objects_yaml, capsys):
+    """--stop-at 2 then --resume to 3 == 3 steps straight, bit for bit (frames, batches, augmentation and
+    proposal sampling depend only on (seed, step); the buffer is re-rendered). Also: one progress line,
+    TensorBoard scalars under <stem>_logs/tb."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    base = ["--recipe", str(_smoke()), "--objects", str(objects_yaml), "--threads", "1"]
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    assert main(base + ["--out", str(a)]) == 0
+    err = capsys.readouterr().err
+    assert "3/3" in err and err.strip().count("\n") == 0  # tqdm redraws one line
+    assert main(base + ["--out", str(b), "--stop-at", "2"]) == 0
+    assert load_detector(b)[2]["step"] == 2
+    assert main(base + ["--out", str(b), "--resume"]) == 0
+    sa, sb = load_detector(a)[2], load_detector(b)[2]
+    assert sa["step"] == sb["step"] == 3 and sa["extra"]["next_frame"] == sb["extra"]["next_frame"]
+    for k, v in sa["model"].items():
+        assert torch.equal(v, sb["model"][k]), k
+    acc = EventAccumulator(str(tmp_path / "a_logs" / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/total", "train/classifier", "train/objectness", "train/lr"} <= tags
+    assert [e.step for e in acc.Scalars("train/total")] == [1, 2, 3]
+
+
+def test_frames_of_step_cover_the_stream_once():
+    from pose6d_ros.detection.train import frames_of_step
+
+    seen = [i for s in range(6) for i in frames_of_step(s, batch=4, render_per_step=2)]
+    assert seen == list(range(4 + 5 * 2))
+    assert list(frames_of_step(0, batch=2, render_per_step=3)) == [0, 1, 2]
