@@ -24,6 +24,7 @@ import torch
 from pose6d_ros._checks import InputError, reading, run_cli
 from pose6d_ros._io import atomic_write_json, atomic_write_text
 from pose6d_ros.data.target_crops import TargetCrops, first_per_object, items_from_split
+from pose6d_ros.evaluation.plots import ObjectErrors, write_plots
 from pose6d_ros.evaluation.tables import (
     BopEstimate,
     RecallTable,
@@ -38,8 +39,8 @@ from pose6d_ros.geometry.pnp import solve_pnp
 from pose6d_ros.models import load_model
 from pose6d_ros.registry import ObjectInfo, ObjectRegistry, RunObjects
 
-__all__ = ["InstancePrediction", "predict_split", "score_poses", "score_predictions", "predict_crops", "diagnostic_eval",
-           "main"]
+__all__ = ["InstancePrediction", "predict_split", "score_poses", "score_predictions", "object_errors", "predict_crops",
+           "diagnostic_eval", "main"]
 
 log = logging.getLogger("pose6d_ros.evaluation")
 
@@ -149,18 +150,40 @@ def score_poses(info: ObjectInfo, R: torch.Tensor, t: torch.Tensor, R_gt: torch.
 def score_predictions(preds: Sequence[InstancePrediction], registry: ObjectRegistry, names: Optional[Dict[int, str]] = None,
                       max_points: int = MAX_POINTS) -> RecallTable:
     """ADD(-S) at 10% of the diameter and 2D projection at 5 px, per object (:func:`score_poses`)."""
-    by_obj: Dict[int, List[InstancePrediction]] = {}
-    for p in preds:
-        by_obj.setdefault(p.obj_id, []).append(p)
     flags: Dict[str, Dict[str, List[bool]]] = {}
-    for obj_id in sorted(by_obj):
+    for obj_id, ps, stack in _stacked_by_object(preds):
         info = registry.get(obj_id)
-        ps = by_obj[obj_id]
-        stack = [torch.from_numpy(np.stack([getattr(p, k) for p in ps])) for k in ("R", "t", "R_gt", "t_gt", "K")]
-        ok = score_poses(info, *stack, torch.tensor([p.failed for p in ps]), max_points)
+        ok = score_poses(info, *stack, max_points=max_points)
         name = (names or {}).get(obj_id, info.name)
         flags[name] = {m: ok[m].tolist() for m in METRICS}
     return recall_table(flags, list(METRICS))
+
+
+def _stacked_by_object(preds: Sequence[InstancePrediction]):
+    """``(obj_id, predictions, (R, t, R_gt, t_gt, K, failed) tensors)`` per object, ascending id."""
+    by_obj: Dict[int, List[InstancePrediction]] = {}
+    for p in preds:
+        by_obj.setdefault(p.obj_id, []).append(p)
+    for obj_id in sorted(by_obj):
+        ps = by_obj[obj_id]
+        stack = [torch.from_numpy(np.stack([getattr(p, k) for p in ps])) for k in ("R", "t", "R_gt", "t_gt", "K")]
+        yield obj_id, ps, (*stack, torch.tensor([p.failed for p in ps]))
+
+
+def object_errors(preds: Sequence[InstancePrediction], registry: ObjectRegistry) -> Dict[str, ObjectErrors]:
+    """Per-instance errors of the predictions (ADD(-S) and 2D projection as :func:`score_poses` scores them,
+    rotation and translation errors), per object name in ascending id order: what ``--plots`` draws
+    (:func:`pose6d_ros.evaluation.plots.write_plots`)."""
+    out: Dict[str, ObjectErrors] = {}
+    for obj_id, ps, (R, t, R_gt, t_gt, K, failed) in _stacked_by_object(preds):
+        info = registry.get(obj_id)
+        s = score_poses(info, R, t, R_gt, t_gt, K, failed)
+        out[info.name] = ObjectErrors(
+            name=info.name, diameter=float(info.diameter), symmetric=bool(info.is_symmetric),
+            keys=np.array([(p.scene_id, p.im_id) for p in ps], dtype=np.int64).reshape(-1, 2),
+            add=s["add_error"].numpy(), proj=s["proj_error"].numpy(), rot=metrics.re(R, R_gt).double().numpy(),
+            trans=metrics.te(t, t_gt).double().numpy(), failed=failed.numpy())
+    return out
 
 
 @torch.no_grad()
@@ -262,8 +285,6 @@ def evaluate(a: argparse.Namespace) -> Dict[str, object]:
     out = Path(a.out) if a.out else Path(a.model).parent / f"eval-{split.parent.name}-{split.name}"
     paths = write_outputs(table, preds, out, dataset=split.parent.name, split=split.name)
     if getattr(a, "plots", None):
-        from pose6d_ros.evaluation.plots import object_errors, write_plots  # matplotlib only when asked
-
         paths.update(write_plots(object_errors(preds, registry), a.plots, title=f"{Path(a.model).name} on {a.split}"))
     result = {"model": str(a.model), "split": str(a.split), "registry": str(a.registry), "limit_per_object": a.limit,
               "files": {k: str(v) for k, v in paths.items()}, **table.to_dict()}

@@ -18,16 +18,13 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 
 from pose6d_ros._io import atomic_write_bytes, atomic_write_text
-from pose6d_ros.geometry import metrics
-from pose6d_ros.registry import ObjectRegistry
 
-__all__ = ["ObjectErrors", "ADD_THRESHOLDS", "PROJ_THRESHOLDS_PX", "object_errors", "recall_curve",
+__all__ = ["ObjectErrors", "ADD_THRESHOLDS", "PROJ_THRESHOLDS_PX", "recall_curve",
            "poses_from_predictions", "write_plots"]
 
 #: ADD(-S) thresholds of the recall curve, fractions of the diameter (0.1, the table's, exactly among them).
@@ -64,29 +61,6 @@ class ObjectErrors:
 
     def __len__(self) -> int:
         return len(self.add)
-
-
-def object_errors(preds: Sequence, registry: ObjectRegistry) -> Dict[str, ObjectErrors]:
-    """Errors of ``evaluate``'s predictions (:class:`pose6d_ros.evaluation.evaluate.InstancePrediction`), per
-    object name, objects in ascending id order (as the table)."""
-    from pose6d_ros.evaluation.evaluate import score_poses
-
-    by_obj: Dict[int, List] = {}
-    for p in preds:
-        by_obj.setdefault(int(p.obj_id), []).append(p)
-    out: Dict[str, ObjectErrors] = {}
-    for obj_id in sorted(by_obj):
-        info, ps = registry.get(obj_id), by_obj[obj_id]
-        R, t, R_gt, t_gt, K = (torch.from_numpy(np.stack([np.asarray(getattr(p, k), np.float64) for p in ps]))
-                               for k in ("R", "t", "R_gt", "t_gt", "K"))
-        failed = torch.tensor([bool(p.failed) for p in ps])
-        s = score_poses(info, R, t, R_gt, t_gt, K, failed)
-        out[info.name] = ObjectErrors(
-            name=info.name, diameter=float(info.diameter), symmetric=bool(info.is_symmetric),
-            keys=np.array([(p.scene_id, p.im_id) for p in ps], dtype=np.int64).reshape(-1, 2),
-            add=s["add_error"].numpy(), proj=s["proj_error"].numpy(), rot=metrics.re(R, R_gt).numpy(),
-            trans=metrics.te(t, t_gt).numpy(), failed=failed.numpy())
-    return out
 
 
 def recall_curve(e: ObjectErrors, thresholds: np.ndarray, metric: str = "add") -> np.ndarray:
@@ -130,7 +104,7 @@ def write_plots(errors_by_object: Mapping[str, ObjectErrors], out_dir: Union[str
     """Write the recall curves, the error histograms and their data (module docstring) to ``out_dir``.
 
     Args:
-        errors_by_object: :func:`object_errors` (object name -> errors).
+        errors_by_object: object name -> errors (:func:`pose6d_ros.evaluation.evaluate.object_errors`).
         out_dir: created if missing.
         title: figure title (e.g. the model and split).
 

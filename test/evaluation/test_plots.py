@@ -12,8 +12,8 @@ import pytest
 from test_evaluate_cli import IDS, N_IMAGES, OBJECTS, model_path, split  # noqa: F401  (module fixtures)
 
 from pose6d_ros.data import bop
-from pose6d_ros.evaluation.evaluate import MAX_POINTS, InstancePrediction, main, score_predictions
-from pose6d_ros.evaluation.plots import ADD_THRESHOLDS, PROJ_THRESHOLDS_PX, object_errors, write_plots
+from pose6d_ros.evaluation.evaluate import MAX_POINTS, InstancePrediction, main, object_errors, score_predictions
+from pose6d_ros.evaluation.plots import ADD_THRESHOLDS, PROJ_THRESHOLDS_PX, write_plots
 from pose6d_ros.evaluation.tables import load_bop_results
 from pose6d_ros.registry import ObjectRegistry
 
