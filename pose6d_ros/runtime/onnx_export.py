@@ -26,6 +26,7 @@ import torch
 
 from pose6d_ros._checks import reading, run_cli
 from pose6d_ros._io import atomic_write_bytes
+from pose6d_ros._logs import quiet_library_logs
 from pose6d_ros.data.bop import BopDataset, load_detections
 from pose6d_ros.data.crops import bop_bbox_to_box
 from pose6d_ros.geometry.camera import CameraModel
@@ -263,6 +264,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--int8-detections", type=Path, default=None,
                         help="BOP detections JSON giving the calibration split's boxes (default: its GT boxes)")
     parser.add_argument("--int8-crops", type=int, default=256, help="at most this many calibration crops")
+    parser.add_argument("--log-file", type=Path, default=None,
+                        help="where the exporter's and optimiser's own log lines go (default: <output>.export.log, "
+                             "e.g. model.export.log)")
     args = parser.parse_args(argv)
     return run_cli("export_onnx", lambda: _export(args))
 
@@ -274,9 +278,16 @@ def _export(args: argparse.Namespace) -> int:
     if args.registry is not None:
         with reading(args.registry, "--registry"):
             card.check_against(ObjectRegistry.from_yaml(args.registry))
+    with quiet_library_logs(args.log_file or args.output.with_suffix(".export.log")):  # one line per artefact
+        _write(args, model, card)
+    return 0
+
+
+def _write(args: argparse.Namespace, model: PoseNet, card: ModelCard) -> None:
+    """Export (and quantise) as asked, printing one line per file written."""
     out = export_onnx(model, card, args.output, opset=args.opset, exporter=args.exporter)
     print(f"wrote {out} ({card.backbone}, {card.conditioning}, crop {card.crop_size}, "
-          f"objects {list(card.object_names)})")
+          f"objects {list(card.object_names)})", flush=True)
     if args.int8_calibration is not None:
         if args.int8_calibration.is_dir():
             crops, index = calibration_crops(args.int8_calibration, card, detections=args.int8_detections,
@@ -287,8 +298,7 @@ def _export(args: argparse.Namespace) -> int:
             with reading(args.int8_calibration, "--int8-calibration"):
                 crops, index, source = np.load(args.int8_calibration), None, str(args.int8_calibration)
         q = quantize_onnx(out, out.with_suffix(".int8.onnx"), crops, index, source=source)
-        print(f"wrote {q} (INT8, calibrated on {len(crops)} crops of {source})")
-    return 0
+        print(f"wrote {q} (INT8, calibrated on {len(crops)} crops of {source})", flush=True)
 
 
 if __name__ == "__main__":
