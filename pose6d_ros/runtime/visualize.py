@@ -48,11 +48,11 @@ def project_model_points(points: np.ndarray, K: np.ndarray, R: np.ndarray, t: np
 
     Returns:
         ``(N, 2)`` float64 pixels ``(u, v)`` (OpenCV convention: pixel centres at integers) and ``(N,)`` bool:
-        the point lies at least 1 mm in front of the camera (the others' pixels mean nothing).
+        the point is finite and at least 1 mm in front of the camera (the others' pixels mean nothing).
     """
     P = np.asarray(points, np.float64) @ np.asarray(R, np.float64).T + np.asarray(t, np.float64).reshape(1, 3)
-    front = P[:, 2] > _MIN_DEPTH
-    P[~front, 2] = 1.0  # finite placeholders; flagged invalid
+    front = np.isfinite(P).all(axis=1) & (P[:, 2] > _MIN_DEPTH)  # (x, y, inf) would project to (cx, cy)
+    P[~front] = (0.0, 0.0, 1.0)  # finite placeholders; flagged invalid
     cam = torch.from_numpy(P)[None]
     if D is not None and np.any(D):
         xy = distort_points(cam[..., :2] / cam[..., 2:3], torch.from_numpy(np.asarray(D, np.float64).reshape(1, -1)))

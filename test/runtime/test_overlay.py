@@ -175,3 +175,21 @@ def test_write_overlays_draws_gt_grey_and_estimate_green_on_the_split_frames(reg
                 patch = img[v - 1:v + 2, u - 1:u + 2].reshape(-1, 3).astype(int)
                 hits += bool((np.abs(patch - colour).max(axis=1) <= 40).any())
             assert hits >= 6, (path, colour, hits)  # a corner may be overdrawn by the other pose's lines
+
+
+def test_a_pose_behind_the_camera_or_not_finite_draws_nothing(registry):
+    kp = registry.get("lego").keypoints
+    blank = np.zeros((H, W, 3), np.uint8)
+    for R, t in ((np.eye(3), np.array([0.0, 0.0, -0.3])), (np.full((3, 3), np.nan), np.array([0.0, 0.0, 0.3])),
+                 (np.eye(3), np.array([0.0, 0.0, np.inf]))):
+        assert not draw_pose_overlay(blank, K, R, t, kp).any()
+    # half in front: only the edges whose both ends are in front are drawn
+    R = np.eye(3)
+    t = np.array([0.0, 0.0, -kp[:8, 2].min() - 0.001 * 0.5])  # the z-min face 0.5 mm in front: closer than 1 mm
+    ys, xs = np.nonzero(_drawn(R, t, kp))
+    far = kp[:8][kp[:8, 2] > 0]  # the z-max face, 5 cm further: its 4 edges only
+    uv = cv2.projectPoints(far, np.zeros(3), t, K, None)[0].reshape(4, 2)
+    np.testing.assert_allclose([xs.min(), xs.max(), ys.min(), ys.max()],
+                               [uv[:, 0].min(), uv[:, 0].max(), uv[:, 1].min(), uv[:, 1].max()], atol=1.0)
+    with pytest.raises(ValueError, match="keypoints"):
+        draw_pose_overlay(blank, K, np.eye(3), np.array([0, 0, 0.3]), kp[:4])
