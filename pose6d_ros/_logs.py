@@ -40,6 +40,7 @@ _FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
 _ORT_DEFAULT_SEVERITY = 2  # onnxruntime's own default (WARNING)
 _ORT_ERROR = 3
+_active = 0  # quiet_library_logs blocks entered and not left (they nest: the demo's around export_onnx's)
 
 
 class TqdmConsoleHandler(logging.StreamHandler):
@@ -72,8 +73,8 @@ def quiet_library_logs(log_path: Union[str, os.PathLike], level: int = logging.I
       one is installed at INFO with the format ``%(message)s`` (what our CLIs' ``basicConfig`` would install; a later
       ``basicConfig`` then leaves it in place).
 
-    Everything is restored on exit (onnxruntime to its default, WARNING). Not thread-safe: enter it from the main
-    thread, around the whole run.
+    Everything is restored on exit (onnxruntime to its default, WARNING, when the outermost block exits: blocks
+    nest, e.g. ``export_onnx``'s inside the demo's). Not thread-safe: enter it from the main thread, around the run.
 
     Args:
         log_path: the log file (appended to; its folder is created).
@@ -106,9 +107,11 @@ def quiet_library_logs(log_path: Union[str, os.PathLike], level: int = logging.I
             warn_log.warning("%s", text)
 
     warnings.showwarning = showwarning
+    global _active
     ort = _onnxruntime()
     if ort is not None:
         ort.set_default_logger_severity(_ORT_ERROR)
+    _active += 1
     root = logging.getLogger()
     root_level, root_handlers = root.level, list(root.handlers)
     if root_handlers:
@@ -130,7 +133,8 @@ def quiet_library_logs(log_path: Union[str, os.PathLike], level: int = logging.I
     finally:
         root.handlers[:] = root_handlers
         root.setLevel(root_level)
-        if ort is not None:
+        _active -= 1
+        if ort is not None and _active == 0:  # an inner block leaves the outer one's setting alone
             ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
         warnings.showwarning = show
         for lg, lvl, prop in saved:

@@ -84,6 +84,8 @@ BAR = """
     ours = pose6d_ros.__file__  # a warning raised by our own code still reaches the console
     quiet = sys.argv[2] == "quiet"
     with (quiet_library_logs(sys.argv[1]) if quiet else contextlib.nullcontext()):
+        with (quiet_library_logs(sys.argv[1] + ".inner") if quiet else contextlib.nullcontext()):
+            pass  # a nested block (export_onnx's inside the demo's) leaves the outer one in force
         bar = tqdm(total=4, mininterval=0, file=sys.stderr, desc="train")
         for i in range(4):
             bar.update(1)
