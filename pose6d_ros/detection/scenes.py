@@ -124,6 +124,8 @@ class SceneBatch:
         valid: ``(B, M)`` bool: slot holds an object that passes the visibility thresholds.
         R, t: ``(B, M, 3, 3)``, ``(B, M, 3)`` poses (zeros for empty slots).
         K: ``(3, 3)`` intrinsics.
+        occluders: ``(B, H, W)`` bool: pixels of distractors in front of the objects (they hide
+            whatever object is there; ``labels`` is 0 on them).
     """
 
     images: torch.Tensor
@@ -137,6 +139,7 @@ class SceneBatch:
     R: torch.Tensor
     t: torch.Tensor
     K: torch.Tensor
+    occluders: torch.Tensor
 
     def targets(self, offset: float = 0.0) -> List[dict]:
         """torchvision detection targets: per frame ``boxes (N, 4)`` (+ ``offset``) and ``labels (N,)``
@@ -343,4 +346,4 @@ class DetectionScenes:
             (px_visible >= cfg.min_visib_fract * px_all.clamp(min=1))
         return SceneBatch(images=images, labels=labels, obj_index=idx, boxes_visib=mask_boxes(visible),
                           boxes_obj=mask_boxes(own), px_visible=px_visible, px_all=px_all, valid=valid,
-                          R=R, t=t, K=Kt)
+                          R=R, t=t, K=Kt, occluders=before)

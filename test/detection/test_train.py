@@ -158,3 +158,37 @@ def test_frames_of_step_cover_the_stream_once():
     seen = [i for s in range(6) for i in frames_of_step(s, batch=4, render_per_step=2)]
     assert seen == list(range(4 + 5 * 2))
     assert list(frames_of_step(0, batch=2, render_per_step=3)) == [0, 1, 2]
+
+
+def test_a_briefly_overfit_detector_returns_its_boxes_in_our_pixel_convention(registry):
+    """30 steps on two fixed frames; then eval (through ``infer.Detector``) finds every object with a box of
+    its class at IoU > 0.6 against the mask box (pixel edges at j -+ 0.5), and clips to [-0.5, W - 0.5]."""
+    from pose6d_ros.detection.infer import Detector, box_iou
+
+    torch.manual_seed(0)
+    H, W = 96, 128
+    scenes = DetectionScenes(registry, SceneConfig(image_size=(H, W), objects_per_frame=(1, 2), object_px=(40.0, 60.0),
+                                                   augment=False, distractors=(0, 0)), seed=2)
+    batch = scenes.batch(range(2))
+    targets = batch.targets(TV_OFFSET)
+    spec = DetectorSpec(object_ids=tuple(registry.ids), object_names=tuple(registry.names), min_size=H,
+                        max_size=W, box_head_dim=64)
+    model = build_from_spec(spec).train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(30):
+        loss = sum(model(list(batch.images), targets).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    found = Detector(model, spec, min_score=0.0).detect_batch(batch.images)
+    n = 0
+    for i, dets in enumerate(found):
+        boxes = torch.tensor([d.box for d in dets], dtype=torch.float64)
+        assert (boxes[:, :2] >= -0.5).all() and (boxes[:, 2] <= W - 0.5).all() and (boxes[:, 3] <= H - 0.5).all()
+        for k in batch.valid[i].nonzero()[:, 0].tolist():
+            name = registry.names[int(batch.obj_index[i, k])]
+            best = next(d for d in dets if d.class_id == name)
+            iou = float(box_iou(batch.boxes_visib[i, k][None].double(), torch.tensor([best.box], dtype=torch.float64)))
+            assert iou > 0.6, (name, best.box, batch.boxes_visib[i, k].tolist(), iou)
+            n += 1
+    assert n >= 2
