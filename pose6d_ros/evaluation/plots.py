@@ -117,8 +117,9 @@ def write_plots(errors_by_object: Mapping[str, ObjectErrors], out_dir: Union[str
     objs = list(errors_by_object.values())
     rows = []
     fig, ax = _figure(1, 2, (10.0, 4.0))
-    for metric, thr, a, xlabel, mark in (("add", ADD_THRESHOLDS, ax[0, 0], "ADD(-S) threshold (fraction of diameter)", 0.1),
-                                         ("proj", PROJ_THRESHOLDS_PX, ax[0, 1], "2D projection threshold (px)", 5.0)):
+    panels = (("add", ADD_THRESHOLDS, ax[0, 0], "ADD(-S) threshold (fraction of diameter)", 0.1),
+              ("proj", PROJ_THRESHOLDS_PX, ax[0, 1], "2D projection threshold (px)", 5.0))
+    for metric, thr, a, xlabel, mark in panels:
         for e in objs:
             r = recall_curve(e, thr, metric)
             a.plot(thr, r, label=f"{e.name} (n={len(e)})")

@@ -96,8 +96,8 @@ def test_curves_and_histograms_from_known_errors(tmp_path):
 
 def test_evaluate_plots_flag_writes_pngs_whose_curve_matches_the_printed_table_and_numpy(
         model_path, split, tmp_path, capsys):  # noqa: F811
-    """``evaluate --plots`` on a tiny split: PNGs, the printed table's recall at 0.1 d on the curve, and the per-instance
-    ADD and 2D-projection errors recomputed here with numpy / OpenCV from the BOP results CSV and the GT."""
+    """``evaluate --plots`` on a tiny split: PNGs, the printed table's recall at 0.1 d on the curve, and the
+    per-instance ADD and 2D-projection errors recomputed here with numpy / OpenCV from the BOP results CSV and the GT."""
     out, plots = tmp_path / "ev", tmp_path / "plots"
     assert main(["--model", str(model_path), "--split", str(split), "--registry", str(OBJECTS), "--out", str(out),
                  "--plots", str(plots)]) == 0

@@ -42,7 +42,8 @@ def tiny_model(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     net = PoseNet.from_config({"backbone": "mobilenet_v3_small", "num_objects": 2, "crop_size": 64})
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    return save_run_model(path, net, RunObjects(ObjectRegistry.from_yaml(OBJECTS), [1, 2]), crop_padding=1.3, extra={"kind": "test"})
+    objects = RunObjects(ObjectRegistry.from_yaml(OBJECTS), [1, 2])
+    return save_run_model(path, net, objects, crop_padding=1.3, extra={"kind": "test"})
 
 
 EXPORT = """
