@@ -64,7 +64,7 @@ def _py(module: str, *args: Any) -> List[str]:
     return [sys.executable, "-m", module, *map(str, args)]
 
 
-def train(registry_yaml: Path, out: Path, recipe: Path, steps: Optional[int], threads: int) -> Path:
+def train(registry_yaml: Path, out: Path, recipe: Path, steps: Optional[int], threads: int, device: str) -> Path:
     """``train_detector`` with the recipe (resumes an unfinished run); returns the checkpoint."""
     ckpt = out / "detector.pt"
     result = out / "detector.result.json"
@@ -72,7 +72,7 @@ def train(registry_yaml: Path, out: Path, recipe: Path, steps: Optional[int], th
         print(f"  reusing {ckpt}", flush=True)
         return ckpt
     cmd = _py("pose6d_ros.detection.train", "--recipe", recipe, "--objects", registry_yaml, "--out", ckpt,
-              "--threads", threads, "--resume")
+              "--threads", threads, "--device", device, "--resume")
     if steps is not None:
         cmd += ["--steps", str(steps)]
     t0 = time.time()
@@ -82,7 +82,7 @@ def train(registry_yaml: Path, out: Path, recipe: Path, steps: Optional[int], th
 
 
 def score(ckpt: Path, registry_yaml: Path, split: Path, min_visib: Sequence[float], min_score: float,
-          limit: int, out: Path, threads: int) -> Dict[str, Any]:
+          limit: int, out: Path, threads: int, device: str) -> Dict[str, Any]:
     """``detect`` over ``split`` (BOP detections file), then recall and AP of that file per visibility floor."""
     from pose6d_ros.data.bop import load_detections
     from pose6d_ros.detection.infer import evaluate_detections
@@ -90,7 +90,8 @@ def score(ckpt: Path, registry_yaml: Path, split: Path, min_visib: Sequence[floa
 
     dets_path = out / f"detections_{split.parent.name}_{split.name}.json"
     cmd = _py("pose6d_ros.detection.detect", "--model", ckpt, "--objects", registry_yaml, "--split", split,
-              "--out", dets_path, "--min-score", "0.01", "--threads", threads, "--no-progress")
+              "--out", dets_path, "--min-score", "0.01", "--threads", threads, "--device", device,
+              "--no-progress")
     if limit:
         cmd += ["--limit", str(limit)]
     _run(cmd, out / "detect.log")
@@ -115,6 +116,25 @@ def _subset_registry(src: Path, ids: Sequence[int], dst: Path) -> Path:
     return dst
 
 
+def report(results: Dict[str, Any]) -> str:
+    """Markdown tables of a ``results.json``: one row per target and visibility floor, then per object."""
+    def pct(x: float) -> str:
+        return "–" if x != x else f"{100 * x:.1f}"
+
+    lines = ["| target | counted GT | recall@0.5 | recall@0.75 | AP50 | AP75 | mAP 0.5:0.95 | ms / 640×480 frame |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    per_object = ["| target | object | counted GT | recall@0.5 | recall@0.75 | AP50 | mAP |", "|---|---|---:|---:|---:|---:|---:|"]
+    for name, res in results["targets"].items():
+        for floor, r in res["rows"].items():
+            lines.append(f"| {name}, {floor} | {r['n_gt']} | {pct(r['recall50'])} | {pct(r['recall75'])} | "
+                         f"{pct(r['AP50'])} | {pct(r['AP75'])} | {pct(r['mAP'])} | {res['ms_per_frame']:.0f} |")
+            for oid, c in r["classes"].items():
+                if c["n_gt"]:
+                    per_object.append(f"| {name}, {floor} | {oid} | {c['n_gt']} | {pct(c['recall50'])} | "
+                                      f"{pct(c['recall75'])} | {pct(c['AP50'])} | {pct(c['AP'])} |")
+    return "\n".join(lines) + "\n\n" + "\n".join(per_object) + "\n"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mode", choices=sorted(MODES), default="default")
@@ -124,11 +144,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--lmo", default=str(LMO_DEFAULT), help="the lmo-real folder (its README)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_detector"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--min-score", type=float, default=0.3)
+    ap.add_argument("--min-score", type=float, default=0.3, help="score from which a detection counts for recall")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: training and detect")
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--report", action="store_true", help="only print the tables of the last run's results.json")
     args = ap.parse_args(argv)
     m = MODES[args.mode]
     out = Path(args.out) / args.mode
+    if args.report:
+        print(report(json.loads((out / "results.json").read_text())))
+        return 0
     if args.fresh and out.exists():
         import shutil
         shutil.rmtree(out)
@@ -145,9 +170,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  out / "lm-lite" / "build.log")
         reg = _subset_registry(suite / "objects.yaml", m["lm_objects"], out / "lm-lite" / "objects.yaml")
         t0 = time.time()
-        ckpt = train(reg, out / "lm-lite", Path(args.recipe), m["steps"], args.threads)
+        ckpt = train(reg, out / "lm-lite", Path(args.recipe), m["steps"], args.threads, args.device)
         res = score(ckpt, reg, suite / "test", TARGET_VISIB["lm-lite"], args.min_score, m["eval_limit"],
-                    out / "lm-lite", args.threads)
+                    out / "lm-lite", args.threads, args.device)
         res["seconds"] = time.time() - t0
         results["targets"]["lm-lite"] = res
     if "lmo" in targets:
@@ -161,14 +186,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         reg.parent.mkdir(parents=True, exist_ok=True)
         ObjectRegistry.from_bop_models_info(info).to_yaml(reg)
         t0 = time.time()
-        ckpt = train(reg, out / "lmo", Path(args.recipe), m["steps"], args.threads)
+        ckpt = train(reg, out / "lmo", Path(args.recipe), m["steps"], args.threads, args.device)
         res = score(ckpt, reg, lmo / "val", TARGET_VISIB["lmo"], args.min_score, m["eval_limit"], out / "lmo",
-                    args.threads)
+                    args.threads, args.device)
         res["seconds"] = time.time() - t0
         results["targets"]["lmo"] = res
     results["seconds"] = time.time() - t_all
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    print(json.dumps(results, indent=1)[:4000])
+    (out / "results.md").write_text(report(results))
+    print(report(results))
+    print(f"{out / 'results.md'}, {out / 'results.json'} ({results['seconds']:.0f} s)")
     return 0
 
 
