@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import colorsys
 import functools
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -197,6 +198,19 @@ class ObjectRegistry:
             raise KeyError(f"{self._source}: no object id {obj_id}; known: {self.ids}")
         return self._index[obj_id]
 
+    def fingerprint(self, ids: Sequence[int] | None = None) -> str:
+        """A hex digest of what renders the objects ``ids`` (default all): each one's mesh file bytes, units,
+        scale, origin, appearance, keypoints and diameter. Caches of rendered data key on it, so an edited
+        mesh or registry entry is never served a stale render."""
+        h = hashlib.sha1()
+        for oid in (self.ids if ids is None else ids):
+            o = self.get(int(oid))
+            h.update(json.dumps([o.id, o.name, o.units, float(o.scale), float(o.diameter),
+                                 np.asarray(o.origin, float).tolist(), np.asarray(o.keypoints, float).tolist(),
+                                 dict(o.appearance)], sort_keys=True, default=str).encode())
+            h.update(_file_sha1(str(o.mesh_path)).encode())
+        return h.hexdigest()
+
     def keypoints(self, ids: Sequence[int] | None = None) -> np.ndarray:
         """``(N, 9, 3)`` keypoints (metres) of ``ids`` (default: all, in index order)."""
         objs = self._objects if ids is None else [self.get(int(i)) for i in ids]
@@ -292,6 +306,20 @@ class ObjectRegistry:
 
 
 # ---------------------------------------------------------------------- parsing
+
+
+def _file_sha1(path: str) -> str:
+    st = os.stat(path)
+    return _file_sha1_of_version(path, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha1_of_version(path: str, mtime_ns: int, size: int) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def resolve_mesh_uri(uri: str, base_dir: Path) -> Path:

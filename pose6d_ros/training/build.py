@@ -109,7 +109,10 @@ class SyntheticSource:
         if cache_dir:
             # the default padding leaves the name of the pools rendered before it was a key
             pad = "" if data.crop_padding == DEFAULT_CROP_PADDING else f"_p{data.crop_padding:g}"
-            key = f"{data.suite}_o{'-'.join(map(str, objects.ids))}_s{S}{pad}_n{n}_seed{seed}.pt"
+            # the registry's content is in the key: the same suite name with other meshes or appearance
+            # (e.g. a suite rebuilt with --appearance hard) renders another pool
+            fp = objects.registry.fingerprint(objects.ids)[:12]
+            key = f"{data.suite}_o{'-'.join(map(str, objects.ids))}_s{S}{pad}_n{n}_seed{seed}_{fp}.pt"
             self.cache_file = Path(cache_dir) / key
         self.lut = objects.row_lookup()
         self.color_aug = color_aug

@@ -187,3 +187,26 @@ class TestSuiteConfigs:
     def test_mesh_diameter_degenerate_points(self):
         flat = np.array([[0.0, 0, 0], [1, 0, 0], [0.5, 0, 0]])
         assert mesh_diameter(flat) == pytest.approx(1.0)
+
+
+def test_fingerprint_follows_what_renders_the_objects(tmp_path):
+    """Rendered-data caches key on the fingerprint: it must change with the mesh bytes, the scale or the
+    appearance, and not with an unrelated object or a re-read of the same files."""
+    _write_mesh(tmp_path / "a.ply", 0)
+    _write_mesh(tmp_path / "b.ply", 1)
+    objs = [{"id": 1, "name": "a", "mesh": "a.ply", "units": "mm"}, {"id": 2, "name": "b", "mesh": "b.ply", "units": "mm"}]
+    reg = ObjectRegistry.from_yaml(_write_yaml(tmp_path / "o.yaml", objs))
+    base = reg.fingerprint([1])
+    assert base == ObjectRegistry.from_yaml(tmp_path / "o.yaml").fingerprint([1])
+    assert reg.fingerprint([2]) != base
+    objs[1]["scale"] = 2.0  # another object only
+    assert ObjectRegistry.from_yaml(_write_yaml(tmp_path / "o2.yaml", objs)).fingerprint([1]) == base
+    scaled = [dict(objs[0], scale=1.5)]
+    assert ObjectRegistry.from_yaml(_write_yaml(tmp_path / "o3.yaml", scaled)).fingerprint([1]) != base
+    painted = [dict(objs[0], appearance={"kind": "regions", "n": 4})]
+    assert ObjectRegistry.from_yaml(_write_yaml(tmp_path / "o4.yaml", painted)).fingerprint([1]) != base
+    _write_mesh(tmp_path / "c.ply", 5)  # same registry entry, other mesh bytes
+    (tmp_path / "a.ply").write_bytes((tmp_path / "c.ply").read_bytes())
+    from pose6d_ros import registry as registry_module
+    registry_module._file_sha1_of_version.cache_clear()  # coarse file-system clocks
+    assert ObjectRegistry.from_yaml(tmp_path / "o.yaml").fingerprint([1]) != base
