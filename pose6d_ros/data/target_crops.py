@@ -42,13 +42,16 @@ class CropItem:
     t: Optional[np.ndarray] = None
 
 
-def items_from_split(split_path: str | Path, obj_ids: Sequence[int], targets_only: bool = True) -> List[CropItem]:
+def items_from_split(split_path: str | Path, obj_ids: Sequence[int], targets_only: bool = True,
+                     min_visib_fract: float = 0.0) -> List[CropItem]:
     """Labelled instances of a BOP split with their visible GT boxes (as a perfect detector gives).
 
     ``targets_only`` keeps the LINEMOD protocol: in scene ``k`` only object ``k`` is evaluated
-    (the suites put one target object per scene; the others are clutter).
+    (the suites put one target object per scene; the others are clutter). ``min_visib_fract`` keeps
+    only instances at least that visible (``visib_fract`` of ``scene_gt_info.json``; LM-O's protocol
+    counts those >= 0.3 of several objects per image, with ``targets_only=False``).
     """
-    ds = BopDataset(split_path, obj_ids=obj_ids)
+    ds = BopDataset(split_path, obj_ids=obj_ids, min_visib_fract=min_visib_fract)
     # the scenes that must be labelled: the targets' (LINEMOD protocol), else all
     ds.require_labels([int(o) for o in obj_ids] if targets_only else None, info=True)
     out = []
