@@ -71,7 +71,7 @@ def recipe(m: Dict[str, Any], out: Path, lmo: Path, registry: Path, objects: Seq
     syn = m["syn_steps"]
     return merge(load_config(ROOT / "training/selfsup_lm_lite.yaml"), {
         "seed": 0, "threads": threads, "output_dir": str(out),
-        # suite: only the synthetic pool cache's name (that name holds the suite and the ids, not the registry)
+        # suite: only a part of the synthetic pool cache's name; the pool stays in the run folder
         "data": {"root": None, "suite": "lmo-real", "registry": str(registry), "objects": list(objects),
                  "train_split": str(lmo / "unlabeled"), "detections": str(detections), "crop_size": 64,
                  "batch_size": m["batch"], "synthetic_batch_size": m["batch"],
@@ -252,8 +252,8 @@ def markdown(res: Dict[str, Any]) -> str:
               "| object | given | detect | recall of given | precision of detect | mean best IoU |",
               "|---|---:|---:|---:|---:|---:|"]
     for k, v in b["objects"].items():
-        lines.append(f"| {'run objects' if k == 'all' else k} | {v['given']} | {v['detect']} | {v['recall']:.1f} | {v['precision']:.1f} "
-                     f"| {v['mean_best_iou']:.2f} |")
+        lines.append(f"| {'run objects' if k == 'all' else k} | {v['given']} | {v['detect']} | {v['recall']:.1f} "
+                     f"| {v['precision']:.1f} | {v['mean_best_iou']:.2f} |")
     secs = res["seconds"]
     lines += ["", "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items())]
     return "\n".join(lines) + "\n"
