@@ -36,6 +36,7 @@ setup(
             "evaluate = pose6d_ros.evaluation.evaluate:main",
             "export_onnx = pose6d_ros.runtime.onnx_export:main",
             "import_bag = pose6d_ros.data.bag:main",
+            "make_registry = pose6d_ros.registry_cli:main",
             "build_suite = pose6d_ros.data.build:main",
             "demo = pose6d_ros.demo:main",
             "replay_frames = pose6d_ros.ros.replay:main",
