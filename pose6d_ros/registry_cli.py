@@ -56,7 +56,7 @@ class _ObjectOption(argparse.Action):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Per-object options follow their --mesh/--urdf. Example:\n"
                                        "  make_registry --mesh gear.ply --units mm --mesh cap.obj --name cap "
