@@ -313,6 +313,9 @@ def check_required(recipe: Recipe, trainer: str) -> None:
         if value is None or value == "" or (isinstance(value, Mapping) and not value):
             raise RecipeError(f"recipe key '{key}' is required by train_{trainer} ({why}) and not set: give it "
                               f"in the recipe or with --set {key}=...{hint}")
+        if key == "data.root" and not Path(str(value)).is_dir():  # before any step, not after the training
+            raise RecipeError(f"recipe key 'data.root': {value} is not a folder (train_{trainer} reads {why} "
+                              f"there); build it with build_suite or give --set data.root=...")
 
 
 def as_recipe(cfg: Union[Recipe, Mapping[str, Any]]) -> Recipe:

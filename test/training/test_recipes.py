@@ -181,6 +181,17 @@ def test_model_section_has_every_posenet_key():
 
 
 # ---- required keys ------------------------------------------------------------------------------
+def test_a_data_root_that_is_no_folder_stops_before_any_step(tmp_path, monkeypatch, capsys):
+    """A recipe's default data.root left pointing at a suite that is not there (a user's own objects
+    without --set data.root=) is one line naming the key and the path, not an error after training."""
+    monkeypatch.chdir(tmp_path)
+    assert supervised.main(_tiny(tmp_path, "--output-dir", str(tmp_path / "run"), "--set", "eval.final_test=true",
+                                 "--set", "data.root=no/such/suite")) == 2
+    line = _error_line(capsys)
+    assert "recipe key 'data.root': no/such/suite is not a folder" in line
+    assert not (tmp_path / "run").exists()
+
+
 def _tiny(tmp_path: Path, *extra: str) -> list:
     return ["--set", "data.objects=[1]", "--set", "data.synthetic_per_object=4", "--set", "data.batch_size=2",
             "--set", "data.synthetic_cache_dir=", "--set", "model.backbone=mobilenet_v3_small", "--set",
@@ -197,6 +208,7 @@ def _tiny(tmp_path: Path, *extra: str) -> list:
 ])
 def test_missing_required_key_is_one_line_naming_it(tmp_path, monkeypatch, capsys, main, args, key):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
     args = [a.replace("OUT", str(tmp_path / "run")) for a in args]
     assert main(_tiny(tmp_path, *args)) == 2
     line = _error_line(capsys)
@@ -204,7 +216,7 @@ def test_missing_required_key_is_one_line_naming_it(tmp_path, monkeypatch, capsy
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()  # checked before any work
 
 
-def test_required_keys_per_trainer():
+def test_required_keys_per_trainer(tmp_path):
     """What each trainer reads decides what it needs; a synthetic-only run needs no suite."""
     bare = Recipe.from_dict({"output_dir": "o"})
     check_required(bare, "supervised")  # synthetic crops only: no data.root, no diag/
@@ -213,7 +225,7 @@ def test_required_keys_per_trainer():
     for trainer in ("selfsup", "distill"):
         with pytest.raises(RecipeError, match="'data.root' is required"):
             check_required(bare, trainer)
-    with_root = Recipe.from_dict({"output_dir": "o", "data": {"root": "d"}})
+    with_root = Recipe.from_dict({"output_dir": "o", "data": {"root": str(tmp_path)}})
     check_required(with_root, "selfsup")
     with pytest.raises(RecipeError, match="'distill.teachers' is required by train_distill"):
         check_required(with_root, "distill")

@@ -136,6 +136,7 @@ def test_truncated_init_checkpoint_is_one_line_naming_it(tmp_path, capsys):
 def test_selfsup_without_detections_file_names_it(tmp_path, capsys):
     from pose6d_ros.training.selfsup import main as selfsup_main
 
+    (tmp_path / "no-data").mkdir()  # a suite folder without its detections file
     assert selfsup_main(["-c", str(_recipe(tmp_path, output_dir=str(tmp_path / "run")))]) == 2
     assert "train_detections.json" in _error_line(capsys)
 
