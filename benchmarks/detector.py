@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-LMO_DEFAULT = ROOT.parent / "shared" / "data" / "lmo-real"
+#: beside the checkout (as on the development machines), else /work/shared
+LMO_DEFAULT = next((p for p in (ROOT.parent / "shared" / "data" / "lmo-real", Path("/work/shared/data/lmo-real"))
+                    if p.is_dir()), ROOT.parent / "shared" / "data" / "lmo-real")
 
 MODES: Dict[str, Dict[str, Any]] = {
     # lm-lite objects and images per object of the simulated real suite; training steps (None: the recipe's)
@@ -159,7 +161,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    info = Path(args.lmo) / "models" / "models_info.json"
+    if "lmo" in targets and not info.is_file():  # before hours of training, not after
+        raise SystemExit(f"detector benchmark: {info} not found (--lmo PATH: the lmo-real folder)")
     results: Dict[str, Any] = {"mode": args.mode, "recipe": args.recipe, "threads": args.threads, "targets": {}}
+    if (out / "results.json").is_file():  # a call for some targets keeps the others' last results
+        results["targets"] = json.loads((out / "results.json").read_text()).get("targets", {})
     t_all = time.time()
     if "lm-lite" in targets:
         print("== lm-lite: simulated real test split", flush=True)
@@ -178,9 +185,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if "lmo" in targets:
         print("== lmo: real LM-O val images", flush=True)
         lmo = Path(args.lmo)
-        info = lmo / "models" / "models_info.json"
-        if not info.is_file():
-            raise SystemExit(f"detector benchmark: {info} not found (--lmo PATH: the lmo-real folder)")
         from pose6d_ros.registry import ObjectRegistry
         reg = out / "lmo" / "objects.yaml"
         reg.parent.mkdir(parents=True, exist_ok=True)
