@@ -169,7 +169,13 @@ def print_table(names: Sequence[str], det: Dict[str, Any], before: Dict[str, Any
         else:
             rec = 100 * det["classes"][str(id_of[n])]["recall50"]
             b, a = before["rows"][n], after["rows"][n]
-        g = None if graph is None else graph["add_recall"].get(n)
+        if graph is None:
+            g = None
+        elif n == "mean":  # over the counted instances of the replayed frames
+            total = sum(graph["counts"].values())
+            g = sum(graph["add_recall"][k] * c for k, c in graph["counts"].items()) / total if total else None
+        else:
+            g = graph["add_recall"].get(n)
         lines.append(f"| {n} | {rec:.1f} | {b['ADD(-S)']:.1f} → {a['ADD(-S)']:.1f} | "
                      f"{b['2D proj 5px']:.1f} → {a['2D proj 5px']:.1f} | {_pct(g)} |")
     return "\n".join(lines)
@@ -228,7 +234,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary = {"objects": list(DEMO_OBJECTS), "detector": det, "synthetic": before, "selfsup": after,
                "graph": graph, "seconds": time.time() - t0}
     atomic_write_json(out / "summary.json", summary)
-    _banner(f"result ({args.test_limit} test images per object; the graph: {args.frames} frames)")
+    counts = ", ".join(f"{n} {c}" for n, c in after["counts"].items())
+    graph_n = "" if graph is None else f"; the graph: {graph['frames']} frames, {sum(graph['counts'].values())} objects"
+    _banner(f"result (recall in %; test instances: {counts}{graph_n})")
     print(table)
     if graph is not None:
         print(f"\nlatency per frame through the graph (image published -> poses received): "
