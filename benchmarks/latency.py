@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/latency.py [--frames 30] [--crop-size 64] [--threads 2] [--backbone resnet18]
     .venv/bin/python benchmarks/latency.py --threads 1 --accuracy-only \
-        --accuracy-model runs/quick_demo/synthetic/model.pt        # backends' accuracy on lm-lite test
+        --accuracy-model runs/demo/pose/synthetic/model.pt        # backends' accuracy on lm-lite test
     .venv/bin/python benchmarks/latency.py --threads 1 --detector-only [--detector runs/detector.pt]
 
 Per frame: a 640x480 uint8 RGB image, a distorted camera, 1 / 5 / 13 detections of mixed classes

@@ -3,7 +3,7 @@
 Crops are rendered views of the model's own objects at known poses (``data.synthetic``), so the
 reference is the ground-truth projection of the box keypoints and the ground-truth pose, not the
 network. Needs a trained checkpoint: ``POSE6D_TRAINED_MODEL`` or the one ``make demo`` writes
-(``runs/quick_demo/synthetic/model.pt``); an untrained network's keypoints say nothing about the
+(``runs/demo/pose/synthetic/model.pt``); an untrained network's keypoints say nothing about the
 object, so without one the test is skipped.
 """
 
@@ -25,7 +25,7 @@ from pose6d_ros.registry import ObjectRegistry
 from pose6d_ros.runtime import OnnxPredictor, export_onnx, quantize_onnx, read_onnx_card
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAINED = Path(os.environ.get("POSE6D_TRAINED_MODEL", ROOT / "runs" / "quick_demo" / "synthetic" / "model.pt"))
+TRAINED = Path(os.environ.get("POSE6D_TRAINED_MODEL", ROOT / "runs" / "demo" / "pose" / "synthetic" / "model.pt"))
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not TRAINED.is_file(), reason=f"no trained checkpoint at {TRAINED} (run `make demo` or set POSE6D_TRAINED_MODEL)")]
