@@ -47,7 +47,9 @@ import torchvision.models  # noqa: F401  (load before OSMesa, see rendering note
 from pose6d_ros.training.config import load_config, merge
 
 ROOT = Path(__file__).resolve().parents[1]
-LMO_DEFAULT = ROOT.parent / "shared" / "data" / "lmo-real"
+#: beside the checkout (as on the development machines), else /work/shared
+LMO_DEFAULT = next((p for p in (ROOT.parent / "shared" / "data" / "lmo-real", Path("/work/shared/data/lmo-real"))
+                    if p.is_dir()), ROOT.parent / "shared" / "data" / "lmo-real")
 DETECTOR_DEFAULT = ROOT / "runs" / "bench_detector" / "default" / "lmo" / "detector.pt"
 LMO_NAMES = {1: "ape", 5: "can", 6: "cat", 8: "driller", 9: "duck", 10: "eggbox", 11: "glue", 12: "holepuncher"}
 RUNS = {"given": "selfsup given boxes", "detect": "selfsup detect boxes"}
